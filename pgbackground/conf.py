@@ -1,0 +1,62 @@
+"""The ``PGBACKGROUND`` settings namespace, with defaults; validated by :mod:`pgbackground.checks`."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings as django_settings
+
+DEFAULTS: dict[str, Any] = {
+    # Queued + running jobs one owner may have at once (pg_background: max_workers per session).
+    "MAX_WORKERS": 16,
+    # Seconds a job may run; 0 = no limit. ``launch(timeout=...)`` overrides it per job.
+    "WORKER_TIMEOUT": 0,
+    # Bytes of result one job may store; larger results fail the job with SQLSTATE 54000.
+    "DEFAULT_MAX_RESULT_BYTES": 256 * 1024 * 1024,
+    # Django database alias whose login runs the jobs' SQL (point it at a low-privilege login).
+    "DATABASE": "default",
+    # Seconds between worker heartbeats; a worker silent for WORKER_LOST_AFTER seconds is dead.
+    "HEARTBEAT_INTERVAL": 2.0,
+    "WORKER_LOST_AFTER": 10.0,
+    # Seconds between queue polls when no NOTIFY arrives (a fallback, not the normal wake-up).
+    "POLL_INTERVAL": 5.0,
+    # Finished jobs older than this are purged with their results by ``pgbackground purge``.
+    "JOB_RETENTION": timedelta(days=30),
+    # Unconsumed results of finished jobs are dropped after this (the job row stays).
+    "RESULT_RETENTION": timedelta(days=7),
+    # Rows the worker asks PostgreSQL for at a time, and bytes it stores per result chunk.
+    "FETCH_ROWS": 2000,
+    "CHUNK_BYTES": 1024 * 1024,
+    # Notices kept per job (VACUUM VERBOSE is chatty); the rest are counted, not kept.
+    "MAX_NOTICES": 1000,
+}
+
+# Longest progress message kept, in characters (longer ones are cut at a character boundary).
+PROGRESS_MESSAGE_MAX_CHARS = 500
+# ``cancel(grace=...)`` values above this many seconds are capped.
+MAX_CANCEL_GRACE = 3600.0
+# Longest SQL text accepted by launch(), in characters.
+MAX_SQL_CHARS = 64 * 1024 * 1024
+# Longest label, in characters (the model field's max_length).
+MAX_LABEL_CHARS = 200
+
+
+class Settings:
+    """Reads ``settings.PGBACKGROUND`` on every access, so ``override_settings`` works."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(f"unknown pgbackground setting {name!r}")
+        user = getattr(django_settings, "PGBACKGROUND", None) or {}
+        return user.get(name, DEFAULTS[name])
+
+    def seconds(self, name: str) -> float:
+        """A duration setting as seconds, whether given as a number or a timedelta."""
+        value = getattr(self, name)
+        if isinstance(value, timedelta):
+            return value.total_seconds()
+        return float(value)
+
+
+app_settings = Settings()

@@ -1,0 +1,117 @@
+"""psycopg connections built from Django's database settings.
+
+The app needs connections Django does not give it: the launcher's *autonomous* connection (a
+job row must commit even when the caller's transaction rolls back, and ``wait()`` LISTENs on
+it), and the pool's control and job connections.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import psycopg
+from django.db import connections, router
+
+from .conf import app_settings
+
+# Keys of Django's connection params that are Django's, not libpq's.
+_NOT_LIBPQ = {"cursor_factory", "context", "prepare_threshold", "server_side_binding"}
+
+
+def models_alias() -> str:
+    """The database alias that holds pgbackground's tables."""
+    from .models import Job
+
+    return router.db_for_write(Job) or "default"
+
+
+def jobs_alias() -> str:
+    """The database alias whose login runs the jobs' SQL (``PGBACKGROUND["DATABASE"]``)."""
+    return str(app_settings.DATABASE)
+
+
+def connection_params(alias: str) -> dict[str, Any]:
+    """libpq keyword arguments for a Django database alias."""
+    wrapper = connections[alias]
+    if wrapper.vendor != "postgresql":
+        raise RuntimeError(
+            f"pgbackground needs PostgreSQL; database alias {alias!r} is {wrapper.vendor}"
+        )
+    params = {k: v for k, v in wrapper.get_connection_params().items() if k not in _NOT_LIBPQ}
+    return params
+
+
+def connect(
+    alias: str,
+    *,
+    application_name: str | None = None,
+    options: str = "",
+    autocommit: bool = True,
+    set_timezone: bool = True,
+) -> psycopg.Connection[Any]:
+    """A new psycopg connection to ``alias``, in autocommit mode unless told otherwise.
+
+    ``set_timezone`` gives it the TimeZone Django's own connections use (job connections don't
+    want it: they get the launcher's settings instead).
+    """
+    params = connection_params(alias)
+    if application_name:
+        params["application_name"] = application_name[:63]
+    if options:
+        params["options"] = f"{params.get('options', '')} {options}".strip()
+    conn = psycopg.connect(autocommit=autocommit, **params)
+    if not set_timezone:
+        # Job connections are reset with DISCARD ALL, which drops prepared statements.
+        conn.prepare_threshold = None
+    tz = connections[alias].timezone_name
+    if tz and set_timezone:
+        conn.execute("SELECT set_config('TimeZone', %s, false)", [tz])
+    return conn
+
+
+async def aconnect(alias: str, *, application_name: str | None = None) -> psycopg.AsyncConnection[Any]:
+    """The asyncio counterpart of :func:`connect` (autocommit)."""
+    params = connection_params(alias)
+    if application_name:
+        params["application_name"] = application_name[:63]
+    conn = await psycopg.AsyncConnection.connect(autocommit=True, **params)
+    tz = connections[alias].timezone_name
+    if tz:
+        await conn.execute("SELECT set_config('TimeZone', %s, false)", [tz])
+    return conn
+
+
+class _LauncherConnections(threading.local):
+    conn: psycopg.Connection[Any] | None = None
+    key: tuple[Any, ...] | None = None
+
+
+_local = _LauncherConnections()
+
+
+def launcher_connection() -> psycopg.Connection[Any]:
+    """This thread's autonomous connection to the models database (autocommit, reused).
+
+    A broken connection, a fork or changed database settings (tests switch to the test
+    database) give a fresh one.
+    """
+    alias = models_alias()
+    key = (os.getpid(), alias, tuple(sorted(map(str, connection_params(alias).items()))))
+    conn = _local.conn
+    if conn is not None and (_local.key != key or conn.closed or conn.broken):
+        if _local.key is not None and _local.key[0] == os.getpid():
+            conn.close()
+        conn = None
+    if conn is None:
+        conn = connect(alias, application_name="pgbackground launcher")
+        _local.conn, _local.key = conn, key
+    return conn
+
+
+def discard_launcher_connection() -> None:
+    """Close this thread's launcher connection (after an error left it unusable)."""
+    conn, _local.conn, _local.key = _local.conn, None, None
+    if conn is not None:
+        conn.close()

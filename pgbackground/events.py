@@ -1,0 +1,36 @@
+"""How changes are announced: the NOTIFY channels and the SQL that publishes on them.
+
+The tables stay the source of truth; notifications carry ids and small fields only, and are
+sent by the statement that records the change, so they are delivered exactly when it commits.
+"""
+
+from __future__ import annotations
+
+# A job was queued: wakes the pools (payload: the job id).
+QUEUE_CHANNEL = "pgbackground_queue"
+# Cancel requested for a running job (payload: JSON with the id and the grace left in seconds).
+CANCEL_CHANNEL = "pgbackground_cancel"
+# Every state change and progress report (payload: JSON id/state/pct/message/seq), for feeds.
+EVENTS_CHANNEL = "pgbackground_events"
+# Length of the progress message carried in an event (the job row holds the whole message).
+EVENT_MESSAGE_CHARS = 200
+
+
+def job_channel(job_id: int) -> str:
+    """The channel on which a job's terminal state is announced (``wait()`` listens to it)."""
+    return f"pgbackground_job_{int(job_id)}"
+
+
+# Columns a CTE named ``j`` must return for PUBLISH_FROM_J.
+EVENT_COLUMNS = "id, state, progress_pct, progress_message, event_seq"
+
+# Select-list expressions that publish the rows of a CTE ``j`` (returning EVENT_COLUMNS).
+PUBLISH_EXPRS = f"""
+       pg_notify('{EVENTS_CHANNEL}', json_build_object(
+           'id', j.id, 'state', j.state, 'pct', j.progress_pct,
+           'message', left(j.progress_message, {EVENT_MESSAGE_CHARS}), 'seq', j.event_seq)::text),
+       CASE WHEN j.state IN ('stopped', 'canceled', 'error')
+            THEN pg_notify('pgbackground_job_' || j.id, j.state) END"""
+
+# A whole SELECT publishing the rows of ``j``; returns (id, state, ...).
+PUBLISH_FROM_J = f"SELECT j.id, j.state, {PUBLISH_EXPRS} FROM j"

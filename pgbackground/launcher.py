@@ -1,0 +1,299 @@
+"""launch() / submit(): validate the arguments, capture the launcher's role and settings, and
+insert the job row (autonomously, or in the caller's transaction with ``on_commit=True``)."""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+import psycopg
+from django.db import connections, transaction
+from psycopg import sql as pgsql
+from psycopg.types.json import Jsonb
+
+from . import sqltext
+from .conf import MAX_LABEL_CHARS, MAX_SQL_CHARS, app_settings
+from .db import launcher_connection, models_alias
+from .events import QUEUE_CHANNEL
+from .exceptions import TooManyJobs
+from .handles import Handle
+from .signals import job_launched
+
+# Session settings never carried from the launcher to the job: the pool owns them (encoding,
+# identity, connection checks), psycopg needs them as they are to load values (DateStyle,
+# IntervalStyle), or they are not settings of a session at all.
+NOT_CARRIED = frozenset(
+    {
+        "application_name",
+        "client_encoding",
+        "client_connection_check_interval",
+        "datestyle",
+        "intervalstyle",
+        "is_superuser",
+        "role",
+        "session_authorization",
+        "transaction_deferrable",
+        "transaction_isolation",
+        "transaction_read_only",
+    }
+)
+# Settings an override may not name (the role is carried from the launcher, never chosen).
+REFUSED_OVERRIDES = NOT_CARRIED
+
+_GUC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)*$")
+MAX_GUC_VALUE_CHARS = 8192
+
+_CAPTURE_SQL = (
+    "SELECT current_user::text, coalesce(json_object_agg(name, setting)"
+    " FILTER (WHERE lower(name) <> ALL(%s)), '{}')"
+    " FROM pg_settings WHERE source = 'session'"
+)
+
+_INSERT_COLUMNS = (
+    "cookie, sql, label, owner_id, role, gucs, timeout, max_result_bytes, fire_and_forget, notices"
+)
+
+
+def new_cookie() -> int:
+    """A random signed 64-bit cookie, never 0."""
+    while True:
+        cookie = secrets.randbits(64) - (1 << 63)
+        if cookie:
+            return cookie
+
+
+# --- argument validation -----------------------------------------------------------------------
+
+
+def validate_sql(sql: object) -> str:
+    if not isinstance(sql, str):
+        raise TypeError(f"sql must be a str, not {type(sql).__name__}")
+    if "\x00" in sql:
+        raise ValueError("sql contains a NUL character, which PostgreSQL cannot accept (SQLSTATE 22021)")
+    if len(sql) > MAX_SQL_CHARS:
+        raise ValueError(f"sql is longer than {MAX_SQL_CHARS} characters")
+    if sqltext.is_blank(sql):
+        raise ValueError("sql is empty: it holds no statement (only white space or comments)")
+    return sql
+
+
+def validate_label(label: object) -> str:
+    if label is None:
+        return ""
+    if not isinstance(label, str):
+        raise TypeError(f"label must be a str or None, not {type(label).__name__}")
+    if "\x00" in label:
+        raise ValueError("label contains a NUL character")
+    if len(label) > MAX_LABEL_CHARS:
+        raise ValueError(f"label is longer than {MAX_LABEL_CHARS} characters")
+    return label
+
+
+def validate_seconds(value: object, name: str, *, cap: float | None = None) -> float | None:
+    """None or a finite, non-negative number of seconds (bools refused); capped at ``cap``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__name__}")
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
+    if cap is not None:
+        seconds = min(seconds, cap)
+    return seconds
+
+
+def validate_max_result_bytes(value: object) -> int:
+    if value is None:
+        return int(app_settings.DEFAULT_MAX_RESULT_BYTES)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"max_result_bytes must be an int or None, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"max_result_bytes must be >= 0, not {value}")
+    return value
+
+
+def validate_owner(owner: object) -> int | None:
+    """The owner's primary key: owner must be None or a saved user."""
+    if owner is None:
+        return None
+    from django.contrib.auth import get_user_model
+
+    user_model = get_user_model()
+    if not isinstance(owner, user_model):
+        raise TypeError(
+            f"owner must be a {user_model.__name__} instance or None, not {type(owner).__name__}"
+        )
+    if owner.pk is None:
+        raise ValueError("owner must be a saved user (it has no primary key)")
+    return int(owner.pk)
+
+
+def _guc_value(name: str, value: object) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, int | float) and not (isinstance(value, float) and not math.isfinite(value)):
+        return str(value)
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"setting {name!r}: value contains a NUL character")
+        if len(value) > MAX_GUC_VALUE_CHARS:
+            raise ValueError(f"setting {name!r}: value is longer than {MAX_GUC_VALUE_CHARS} characters")
+        return value
+    raise TypeError(
+        f"setting {name!r}: value must be a str, int, float or bool, not {type(value).__name__}"
+    )
+
+
+def validate_gucs(gucs: object) -> dict[str, str]:
+    """Normalise ``gucs=`` (names checked for form and policy here; for existence by PostgreSQL)."""
+    if gucs is None:
+        return {}
+    if not isinstance(gucs, Mapping):
+        raise TypeError(f"gucs must be a mapping of setting name to value, not {type(gucs).__name__}")
+    result: dict[str, str] = {}
+    for name, value in gucs.items():
+        if not isinstance(name, str):
+            raise TypeError(f"setting names must be str, not {type(name).__name__}")
+        if len(name) > 200 or not _GUC_NAME.match(name):
+            raise ValueError(f"invalid setting name {name!r}")
+        if name.lower() in REFUSED_OVERRIDES:
+            raise ValueError(
+                f"setting {name!r} cannot be overridden: the pool controls it"
+                + (" (the job runs as the launcher's current role)" if "role" in name.lower()
+                   or "authorization" in name.lower() else "")
+            )
+        result[name] = _guc_value(name, value)
+    return result
+
+
+def check_gucs_with_server(conn: psycopg.Connection[Any], role: str, gucs: dict[str, str]) -> None:
+    """Ask PostgreSQL whether the overrides are valid settings for ``role`` (nothing persists).
+
+    Unknown names (other than custom ``prefix.name`` settings) and invalid values raise ValueError
+    with PostgreSQL's message and SQLSTATE; no job row is created.
+    """
+    calls = pgsql.SQL(", ").join(
+        pgsql.SQL("set_config({}, {}, true)").format(pgsql.Literal(k), pgsql.Literal(v))
+        for k, v in gucs.items()
+    )
+    probe = pgsql.SQL("BEGIN; SELECT set_config('role', {}, true); SELECT {}; ROLLBACK").format(
+        pgsql.Literal(role), calls
+    )
+    try:
+        conn.execute(probe)
+    except psycopg.Error as exc:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.execute("ROLLBACK")
+        diag = exc.diag
+        raise ValueError(
+            f"invalid gucs: {diag.message_primary or exc} (SQLSTATE {exc.sqlstate})"
+        ) from None
+
+
+# --- capture and insert ------------------------------------------------------------------------
+
+
+def capture_session(alias: str) -> tuple[str, dict[str, str]]:
+    """The caller's current role and its session-level settings (pg_settings source 'session')."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute(_CAPTURE_SQL, [sorted(NOT_CARRIED)])
+        role, settings = cursor.fetchone()
+    return role, dict(settings or {})
+
+
+def _insert_sql(with_limit: bool) -> str:
+    limit = (
+        " WHERE (SELECT count(*) FROM pgbackground_job WHERE owner_id = %(owner)s"
+        " AND state IN ('queued', 'running')) < %(max)s"
+        if with_limit
+        else ""
+    )
+    return (
+        f"WITH j AS (INSERT INTO pgbackground_job ({_INSERT_COLUMNS})"
+        " SELECT %(cookie)s, %(sql)s, %(label)s, %(owner)s, %(role)s, %(gucs)s, %(timeout)s,"
+        " %(max_result_bytes)s, %(ff)s, '[]'::jsonb"
+        f"{limit} RETURNING id)"
+        f" SELECT j.id, pg_notify('{QUEUE_CHANNEL}', j.id::text) FROM j"
+    )
+
+
+_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('pgbackground.owner:' || %s, 0))"
+
+
+def _insert(cursor: Any, params: dict[str, Any]) -> int | None:
+    """Run the insert on a DB-API cursor (psycopg's or Django's); the new id or None."""
+    owner = params["owner"]
+    if owner is None:
+        cursor.execute(_insert_sql(False), params)
+    else:
+        cursor.execute(_LOCK_SQL, [owner])
+        cursor.execute(_insert_sql(True), params)
+    row = cursor.fetchone()
+    return None if row is None else int(row[0])
+
+
+def launch(
+    sql: str,
+    *,
+    label: str | None = None,
+    timeout: float | None = None,
+    gucs: Mapping[str, object] | None = None,
+    owner: Any = None,
+    max_result_bytes: int | None = None,
+    on_commit: bool = False,
+    fire_and_forget: bool = False,
+) -> Handle:
+    """Queue ``sql`` to run in the background; see :func:`pgbackground.launch`."""
+    sql = validate_sql(sql)
+    label = validate_label(label)
+    timeout_s = validate_seconds(timeout, "timeout")
+    if timeout_s is None or timeout_s == 0:
+        default_timeout = float(app_settings.WORKER_TIMEOUT or 0)
+        timeout_s = default_timeout if (timeout_s is None and default_timeout > 0) else None
+    limit_bytes = validate_max_result_bytes(max_result_bytes)
+    owner_pk = validate_owner(owner)
+    overrides = validate_gucs(gucs)
+    if not isinstance(on_commit, bool):
+        raise TypeError("on_commit must be a bool")
+
+    alias = models_alias()
+    role, settings = capture_session(alias)
+    if overrides:
+        check_gucs_with_server(launcher_connection(), role, overrides)
+        settings.update(overrides)
+
+    params = {
+        "cookie": new_cookie(),
+        "sql": sql,
+        "label": label,
+        "owner": owner_pk,
+        "max": int(app_settings.MAX_WORKERS),
+        "role": role,
+        "gucs": Jsonb(settings),
+        "timeout": timeout_s,
+        "max_result_bytes": limit_bytes,
+        "ff": fire_and_forget,
+    }
+    if on_commit:
+        with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+            job_id = _insert(cursor, params)
+    else:
+        conn = launcher_connection()
+        if owner_pk is None:
+            job_id = _insert(conn.cursor(), params)
+        else:
+            with conn.transaction():
+                job_id = _insert(conn.cursor(), params)
+    if job_id is None:
+        raise TooManyJobs(
+            f"owner already has {params['max']} queued or running jobs (MAX_WORKERS);"
+            " wait for one to finish or cancel one (SQLSTATE 53400)"
+        )
+    handle = Handle(job_id, params["cookie"])
+    job_launched.send(sender=Handle, handle=handle, label=label, owner_id=owner_pk,
+                      on_commit=on_commit)
+    return handle

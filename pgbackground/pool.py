@@ -1,0 +1,520 @@
+"""The ``runworkers`` pool: slots that claim and run jobs, a listener that wakes them, heartbeats,
+recovery of dead workers' jobs, and graceful shutdown.
+
+Threads, one process:
+- N *slots*, each with two connections of its own: a *job* connection (the
+  ``PGBACKGROUND["DATABASE"]`` login) that runs the SQL, and a *control* connection that claims
+  jobs and records progress, results and outcomes.
+- one *listener* with one connection: LISTEN for new jobs and cancels, heartbeat, recovery.
+
+Claiming is ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED)``: each job is claimed by
+exactly one slot of all the pools on all machines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from .conf import app_settings
+from .db import connect, jobs_alias, models_alias
+from .events import CANCEL_CHANNEL, EVENT_COLUMNS, PUBLISH_EXPRS, PUBLISH_FROM_J, QUEUE_CHANNEL
+from .executor import CancelReason, ClaimedJob, Executor, Outcome, _Reporter
+from .recovery import recover_lost_workers, terminate_orphan_backends
+from .signals import job_finished, job_started
+
+logger = logging.getLogger("pgbackground.pool")
+
+_CLAIM_SQL = f"""
+WITH j AS (
+    UPDATE pgbackground_job SET state = 'running', started_at = clock_timestamp(),
+        worker_id = %(worker)s, backend_pid = %(pid)s, event_seq = event_seq + 1
+    WHERE id = (SELECT id FROM pgbackground_job WHERE state = 'queued'
+                ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+    RETURNING {EVENT_COLUMNS}, cookie, sql, label, owner_id, role, gucs, timeout,
+              max_result_bytes, fire_and_forget, cancel_deadline
+)
+SELECT j.id, j.cookie, j.sql, j.label, j.owner_id, j.role, j.gucs, j.timeout,
+       j.max_result_bytes, j.fire_and_forget,
+       extract(epoch FROM j.cancel_deadline - clock_timestamp()),
+       {PUBLISH_EXPRS}
+FROM j
+"""
+
+_RECORD_SQL = f"""
+WITH j AS (
+    UPDATE pgbackground_job SET
+        state = %(state)s, finished_at = clock_timestamp(),
+        command_tag = %(tag)s, row_count = %(row_count)s,
+        result_columns = CASE WHEN %(keep_set)s >= 0 THEN (
+            SELECT jsonb_agg(jsonb_build_array(n, format_type(o, m), o) ORDER BY i)
+            FROM unnest(%(names)s::text[], %(oids)s::oid[], %(mods)s::int[])
+                 WITH ORDINALITY AS t(n, o, m, i)) END,
+        result_rows = %(result_rows)s, result_bytes = %(result_bytes)s,
+        error_sqlstate = %(sqlstate)s, error_message = %(message)s,
+        error_detail = %(detail)s, error_hint = %(hint)s, error_context = %(context)s,
+        error_position = %(position)s,
+        progress_pct = coalesce(%(pct)s, progress_pct),
+        progress_message = coalesce(%(pmessage)s, progress_message),
+        progress_at = CASE WHEN %(pmessage)s::text IS NULL THEN progress_at
+                           ELSE clock_timestamp() END,
+        notices = notices || %(notices)s, notices_dropped = %(dropped)s,
+        event_seq = event_seq + 1
+    WHERE id = %(id)s AND state = 'running' AND worker_id = %(worker)s
+    RETURNING {EVENT_COLUMNS}, detached,
+              extract(epoch FROM finished_at - started_at) AS run_seconds
+), d AS (
+    DELETE FROM pgbackground_jobresultchunk c
+    WHERE c.job_id = %(id)s
+      AND (c.result_set <> %(keep_set)s OR NOT EXISTS (SELECT 1 FROM j)
+           OR (SELECT detached FROM j))
+)
+SELECT j.id, j.state, j.run_seconds, {PUBLISH_EXPRS.strip()} FROM j
+"""
+
+_REGISTER_SQL = (
+    "INSERT INTO pgbackground_worker (name, hostname, pid, concurrency)"
+    " VALUES (%s, %s, %s, %s) RETURNING id"
+)
+_HEARTBEAT_SQL = (
+    "UPDATE pgbackground_worker SET heartbeat_at = clock_timestamp() WHERE id = %s"
+    " RETURNING stopped_at IS NOT NULL"
+)
+_STOP_SQL = (
+    "UPDATE pgbackground_worker SET stopped_at = clock_timestamp(), stop_reason = %s"
+    " WHERE id = %s AND stopped_at IS NULL"
+)
+_PENDING_CANCELS_SQL = (
+    "SELECT id, greatest(0, extract(epoch FROM cancel_deadline - clock_timestamp()))"
+    " FROM pgbackground_job WHERE state = 'running' AND worker_id = %s"
+    " AND cancel_requested_at IS NOT NULL"
+)
+
+
+class Backoff:
+    """Exponential back-off for reconnecting: 0.1 s doubling to 5 s, reset on success."""
+
+    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
+        self.first, self.cap, self.delay = first, cap, first
+
+    def next(self) -> float:
+        delay, self.delay = self.delay, min(self.cap, self.delay * 2)
+        return delay
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+
+class Pool:
+    """A ``runworkers`` process: ``concurrency`` slots and one listener."""
+
+    def __init__(
+        self,
+        *,
+        concurrency: int = 2,
+        name: str | None = None,
+        shutdown_grace: float = 30.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.concurrency = concurrency
+        self.hostname = socket.gethostname()
+        self.name = name or f"{self.hostname}:{os.getpid()}"
+        self.shutdown_grace = shutdown_grace
+        self.worker_id: int | None = None
+        self.models_alias = models_alias()
+        self.jobs_alias = jobs_alias()
+        self.draining = threading.Event()  # stop claiming
+        self.stopped = threading.Event()  # stop everything
+        self._work = threading.Condition()
+        self._work_pending = True
+        self.slots: list[Slot] = []
+        self._listener: threading.Thread | None = None
+        self.heartbeat_interval = float(app_settings.HEARTBEAT_INTERVAL)
+        self.poll_interval = float(app_settings.POLL_INTERVAL)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.worker_id = self._register()
+        logger.info(
+            "worker %s (%s) started: %d slots, database %r, jobs run by alias %r",
+            self.worker_id, self.name, self.concurrency, self.models_alias, self.jobs_alias,
+        )
+        self._listener = threading.Thread(target=self._listen, name="pgbackground-listener",
+                                          daemon=True)
+        self._listener.start()
+        for n in range(self.concurrency):
+            slot = Slot(self, n)
+            self.slots.append(slot)
+            slot.start()
+
+    def _register(self) -> int:
+        backoff = Backoff()
+        while True:
+            try:
+                with connect(self.models_alias, application_name="pgbackground register") as c:
+                    row = c.execute(
+                        _REGISTER_SQL, [self.name, self.hostname, os.getpid(), self.concurrency]
+                    ).fetchone()
+                    assert row is not None
+                    return int(row[0])
+            except psycopg.OperationalError as exc:
+                delay = backoff.next()
+                logger.warning("cannot reach the database (%s); retrying in %.1f s",
+                               str(exc).strip(), delay)
+                if self.stopped.wait(delay):
+                    raise
+
+    def shutdown(self, *, grace: float | None = None) -> None:
+        """Stop claiming, let running jobs finish within ``grace`` seconds, then cancel them."""
+        grace = self.shutdown_grace if grace is None else grace
+        if not self.draining.is_set():
+            logger.info("worker %s shutting down: %d running job(s), grace %.1f s",
+                        self.worker_id, self.busy_count(), grace)
+        self.draining.set()
+        self.wake_all()
+        deadline = time.monotonic() + grace
+        for slot in self.slots:
+            slot.join(max(0.0, deadline - time.monotonic()))
+        self.cancel_running(CancelReason.SHUTDOWN)
+        for slot in self.slots:
+            slot.join(30.0)
+        self.stopped.set()
+        if self._listener is not None:
+            self._listener.join(5.0)
+        self._mark_stopped("shutdown")
+        logger.info("worker %s stopped", self.worker_id)
+
+    def cancel_running(self, reason: str) -> None:
+        for slot in self.slots:
+            slot.cancel_current(0.0, reason)
+
+    def busy_count(self) -> int:
+        return sum(1 for s in self.slots if s.current_job is not None)
+
+    def _mark_stopped(self, reason: str) -> None:
+        try:
+            with connect(self.models_alias, application_name="pgbackground stop") as c:
+                c.execute(_STOP_SQL, [reason, self.worker_id])
+        except psycopg.Error as exc:
+            logger.warning("could not mark worker %s stopped: %s", self.worker_id, exc)
+
+    # --- work signalling -----------------------------------------------------------------------
+
+    def wake_one(self) -> None:
+        with self._work:
+            self._work_pending = True
+            self._work.notify()
+
+    def wake_all(self) -> None:
+        with self._work:
+            self._work_pending = True
+            self._work.notify_all()
+
+    def wait_for_work(self, timeout: float) -> None:
+        with self._work:
+            if not self._work_pending and not self.draining.is_set():
+                self._work.wait(timeout)
+            self._work_pending = False
+
+    # --- the listener thread -------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        backoff = Backoff()
+        conn: psycopg.Connection[Any] | None = None
+        next_beat = 0.0
+        while not self.stopped.is_set():
+            try:
+                if conn is None:
+                    conn = connect(self.models_alias,
+                                   application_name=f"pgbackground listener w{self.worker_id}")
+                    conn.execute(f"LISTEN {QUEUE_CHANNEL}")
+                    conn.execute(f"LISTEN {CANCEL_CHANNEL}")
+                    backoff.reset()
+                    self.wake_all()  # jobs queued while we were not listening
+                    self._dispatch_pending_cancels(conn)
+                    next_beat = 0.0
+                now = time.monotonic()
+                if now >= next_beat:
+                    self._heartbeat(conn)
+                    next_beat = now + self.heartbeat_interval
+                wait = min(0.25, max(0.0, next_beat - time.monotonic()))
+                for notify in conn.notifies(timeout=wait):
+                    if notify.channel == QUEUE_CHANNEL:
+                        self.wake_one()
+                    elif notify.channel == CANCEL_CHANNEL:
+                        self._dispatch_cancel(notify.payload)
+            except psycopg.OperationalError as exc:
+                if conn is not None:
+                    conn.close()
+                conn = None
+                delay = backoff.next()
+                logger.warning("listener lost its connection (%s); reconnecting in %.1f s",
+                               str(exc).strip() or type(exc).__name__, delay)
+                self.stopped.wait(delay)
+            except Exception:
+                logger.exception("listener error; reconnecting")
+                if conn is not None:
+                    conn.close()
+                conn = None
+                self.stopped.wait(backoff.next())
+        if conn is not None:
+            conn.close()
+
+    def _heartbeat(self, conn: psycopg.Connection[Any]) -> None:
+        row = conn.execute(_HEARTBEAT_SQL, [self.worker_id]).fetchone()
+        if row is None or row[0]:
+            logger.error(
+                "worker %s was declared dead by another process (heartbeat too late);"
+                " canceling its jobs and registering again", self.worker_id,
+            )
+            self.cancel_running(CancelReason.SHUTDOWN)
+            row2 = conn.execute(
+                _REGISTER_SQL, [self.name, self.hostname, os.getpid(), self.concurrency]
+            ).fetchone()
+            assert row2 is not None
+            self.worker_id = int(row2[0])
+        recover_lost_workers(conn)
+        terminate_orphan_backends(conn)
+        self._dispatch_pending_cancels(conn)
+        if not self.draining.is_set():
+            self.wake_one()  # the slow poll: a safety net under NOTIFY
+
+    def _dispatch_cancel(self, payload: str) -> None:
+        try:
+            data = json.loads(payload)
+            job_id, grace = int(data["id"]), float(data.get("grace") or 0.0)
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ignoring malformed cancel notification %r", payload)
+            return
+        self._cancel_job(job_id, grace)
+
+    def _dispatch_pending_cancels(self, conn: psycopg.Connection[Any]) -> None:
+        for job_id, grace in conn.execute(_PENDING_CANCELS_SQL, [self.worker_id]).fetchall():
+            self._cancel_job(int(job_id), float(grace or 0.0))
+
+    def _cancel_job(self, job_id: int, grace: float) -> None:
+        logger.debug("cancel requested for job %s (grace %.3f s)", job_id, grace)
+        for slot in self.slots:
+            if slot.current_job == job_id:
+                slot.cancel_current(grace, CancelReason.USER)
+
+
+class Slot(threading.Thread):
+    """Claims one job at a time and runs it on its own connections."""
+
+    def __init__(self, pool: Pool, number: int) -> None:
+        super().__init__(name=f"pgbackground-slot-{number}", daemon=True)
+        self.pool = pool
+        self.number = number
+        self.current_job: int | None = None
+        self.control: psycopg.Connection[Any] | None = None
+        self.job_conn: psycopg.Connection[Any] | None = None
+        self.executor: Executor | None = None
+        self._lock = threading.Lock()
+        self._job_conn_options = ""
+
+    def cancel_current(self, grace: float, reason: str) -> None:
+        with self._lock:
+            if self.current_job is not None and self.executor is not None:
+                self.executor.control_state.cancel(grace, reason)
+
+    # --- connections ---------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        pool = self.pool
+        if self.control is None or self.control.closed or self.control.broken:
+            self._close(self.control)
+            self.control = connect(
+                pool.models_alias,
+                application_name=f"pgbackground control w{pool.worker_id} s{self.number}",
+            )
+            if self.control.info.server_version >= 140000:
+                self._job_conn_options = "-c client_connection_check_interval=1000"
+        if self.job_conn is None or self.job_conn.closed or self.job_conn.broken:
+            self._close(self.job_conn)
+            if self.executor is not None:
+                self.executor.close()
+                self.executor = None
+            self.job_conn = connect(
+                pool.jobs_alias,
+                application_name=f"pgbackground w{pool.worker_id} s{self.number}",
+                options=self._job_conn_options,
+                set_timezone=False,
+            )
+        if self.executor is None or self.executor.conn is not self.job_conn or (
+            self.executor.control is not self.control
+        ):
+            if self.executor is not None:
+                self.executor.close()
+            self.executor = Executor(
+                self.job_conn,
+                self.control,
+                fetch_rows=int(app_settings.FETCH_ROWS),
+                chunk_bytes=int(app_settings.CHUNK_BYTES),
+                max_notices=int(app_settings.MAX_NOTICES),
+            )
+
+    @staticmethod
+    def _close(conn: psycopg.Connection[Any] | None) -> None:
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: S110 - closing a broken connection
+                pass
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        pool = self.pool
+        backoff = Backoff()
+        while not pool.draining.is_set():
+            try:
+                self._connect()
+                backoff.reset()
+                job = self._claim()
+                if job is None:
+                    pool.wait_for_work(pool.poll_interval)
+                    continue
+                self._run(job)
+            except psycopg.OperationalError as exc:
+                delay = backoff.next()
+                logger.warning("slot %d: database connection lost (%s); reconnecting in %.1f s",
+                               self.number, str(exc).strip() or type(exc).__name__, delay)
+                self._close(self.control)
+                self._close(self.job_conn)
+                pool.stopped.wait(delay) if pool.draining.is_set() else pool.draining.wait(delay)
+            except Exception:
+                logger.exception("slot %d: unexpected error", self.number)
+                self._close(self.control)
+                self._close(self.job_conn)
+                pool.draining.wait(backoff.next())
+        self._close(self.control)
+        self._close(self.job_conn)
+        if self.executor is not None:
+            self.executor.close()
+
+    def _claim(self) -> ClaimedJob | None:
+        assert self.control is not None and self.job_conn is not None
+        row = self.control.execute(
+            _CLAIM_SQL, {"worker": self.pool.worker_id, "pid": self.job_conn.info.backend_pid}
+        ).fetchone()
+        if row is None:
+            return None
+        (job_id, cookie, sql, label, owner_id, role, gucs, timeout, max_bytes, ff,
+         cancel_in, *_) = row
+        return ClaimedJob(
+            id=job_id, cookie=cookie, sql=sql, label=label, owner_id=owner_id, role=role,
+            gucs=dict(gucs or {}), timeout=timeout, max_result_bytes=max_bytes,
+            fire_and_forget=ff,
+            cancel_grace=None if cancel_in is None else max(0.0, float(cancel_in)),
+        )
+
+    def _run(self, job: ClaimedJob) -> None:
+        assert self.executor is not None
+        label = f" [{job.label}]" if job.label else ""
+        with self._lock:
+            self.current_job = job.id
+        job_started.send(sender=Pool, job_id=job.id, label=job.label,
+                         worker_id=self.pool.worker_id)
+        logger.debug("job %s%s started on slot %d", job.id, label, self.number)
+        t0 = time.monotonic()
+        try:
+            outcome, reporter = self.executor.run(job)
+        except psycopg.OperationalError as exc:
+            # The control connection failed (the job connection's failures are outcomes).
+            outcome, reporter = Outcome(state="error", connection_lost=True), _Reporter(0)
+            from .executor import _lost_failure
+
+            outcome.failure = _lost_failure(exc)
+        finally:
+            with self._lock:
+                self.current_job = None
+        elapsed = time.monotonic() - t0
+        self._record(job, outcome, reporter)
+        _log_outcome(job, outcome, elapsed)
+        job_finished.send(
+            sender=Pool, job_id=job.id, label=job.label, worker_id=self.pool.worker_id,
+            state=outcome.state, sqlstate=outcome.failure.sqlstate if outcome.failure else None,
+            duration=elapsed,
+        )
+        if outcome.connection_lost:
+            self._close(self.job_conn)
+        else:
+            self._reset_job_connection()
+
+    def _record(self, job: ClaimedJob, outcome: Outcome, reporter: _Reporter) -> None:
+        """Write the outcome; retried on a new control connection until it is written (or the
+        pool stops: then recovery marks the job lost)."""
+        f = outcome.failure
+        cols = outcome.columns if outcome.result_set >= 0 and outcome.columns else []
+        params: dict[str, Any] = {
+            "id": job.id, "worker": self.pool.worker_id, "state": outcome.state,
+            "tag": outcome.command_tag[:64], "row_count": outcome.row_count,
+            "keep_set": outcome.result_set,
+            "names": [c[0] for c in cols], "oids": [c[1] for c in cols],
+            "mods": [c[2] for c in cols],
+            "result_rows": outcome.result_rows, "result_bytes": outcome.result_bytes,
+            "sqlstate": f.sqlstate if f else "", "message": f.message if f else "",
+            "detail": f.detail if f else "", "hint": f.hint if f else "",
+            "context": f.context if f else "", "position": f.position if f else None,
+            "pct": reporter.pct, "pmessage": reporter.message,
+            "notices": Jsonb(reporter.notices), "dropped": reporter.dropped,
+        }
+        backoff = Backoff()
+        while True:
+            try:
+                if self.control is None or self.control.closed or self.control.broken:
+                    self._close(self.control)
+                    self.control = connect(
+                        self.pool.models_alias,
+                        application_name=f"pgbackground control w{self.pool.worker_id}"
+                        f" s{self.number}",
+                    )
+                row = self.control.execute(_RECORD_SQL, params).fetchone()
+                if row is None:
+                    logger.warning("job %s was already resolved elsewhere (declared lost?);"
+                                   " its outcome %s was not recorded", job.id, outcome.state)
+                return
+            except psycopg.OperationalError as exc:
+                self._close(self.control)
+                self.control = None
+                if self.pool.stopped.is_set():
+                    logger.error("job %s: could not record its outcome (%s)", job.id, exc)
+                    return
+                delay = backoff.next()
+                logger.warning("job %s: cannot record its outcome yet (%s); retrying in %.1f s",
+                               job.id, str(exc).strip(), delay)
+                self.pool.stopped.wait(delay)
+
+    def _reset_job_connection(self) -> None:
+        assert self.job_conn is not None
+        try:
+            self.job_conn.execute("DISCARD ALL")
+        except psycopg.Error as exc:
+            logger.warning("slot %d: could not reset the job connection (%s); reconnecting",
+                           self.number, str(exc).strip())
+            self._close(self.job_conn)
+
+
+def _log_outcome(job: ClaimedJob, outcome: Outcome, elapsed: float) -> None:
+    label = f" [{job.label}]" if job.label else ""
+    ms = elapsed * 1000
+    if outcome.failure is None:
+        rows = "" if outcome.row_count is None else f", {outcome.row_count} row(s)"
+        logger.info("job %s%s stopped in %.1f ms: %s%s", job.id, label, ms,
+                    outcome.command_tag or "-", rows)
+    else:
+        log: Callable[..., None] = logger.info if outcome.state == "canceled" else logger.warning
+        log("job %s%s %s in %.1f ms: %s %s", job.id, label, outcome.state, ms,
+            outcome.failure.sqlstate, outcome.failure.message)

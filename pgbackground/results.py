@@ -1,0 +1,184 @@
+"""Result rows: encoded by the worker in chunks, decoded by the launcher with psycopg's loaders.
+
+The worker stores the raw text values PostgreSQL sent it, never Python objects: decoding happens
+in the launcher with psycopg's own loaders for the column types, so values have exactly the types
+a direct psycopg query gives (including loaders the application registered), and no untrusted
+serialisation format (pickle) is ever read back.
+"""
+
+from __future__ import annotations
+
+import array
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
+
+import psycopg
+from psycopg import pq
+from psycopg.adapt import Transformer
+
+SEP = b"\x00"  # PostgreSQL's text output never contains NUL, so it separates fields safely.
+
+
+class Column(NamedTuple):
+    """A result column: its name, type name (``format_type``) and type oid."""
+
+    name: str
+    type_name: str
+    type_oid: int
+
+
+# --- worker side -------------------------------------------------------------------------------
+
+
+class EncodedChunk(NamedTuple):
+    nrows: int
+    data: bytes
+    nulls: bytes
+
+
+def encode_values(values: list[bytes | None], nrows: int) -> EncodedChunk:
+    """Pack a flat list of field values (row-major; None = SQL NULL) into one chunk."""
+    try:
+        data = SEP.join(values)  # type: ignore[arg-type]  # fast path: no NULLs
+        nulls = b""
+    except TypeError:
+        positions = array.array("I", (i for i, v in enumerate(values) if v is None))
+        if sys.byteorder != "little":
+            positions.byteswap()
+        data = SEP.join(b"" if v is None else v for v in values)
+        nulls = positions.tobytes()
+    return EncodedChunk(nrows, data, nulls)
+
+
+def pgresult_values(res: pq.abc.PGresult) -> list[bytes | None]:
+    """Every field of a PGresult, row-major, as raw bytes (None for NULL)."""
+    get = res.get_value
+    nf = res.nfields
+    return [get(r, c) for r in range(res.ntuples) for c in range(nf)]
+
+
+# --- launcher side -----------------------------------------------------------------------------
+
+
+def decode_chunk(
+    tx: Transformer, ncols: int, nrows: int, data: bytes, nulls: bytes
+) -> list[tuple[Any, ...]]:
+    """Rows of one stored chunk, loaded by ``tx`` (already told the column types)."""
+    if ncols == 0:
+        return [()] * nrows
+    fields: list[Any] = bytes(data).split(SEP)
+    if nulls:
+        positions = array.array("I")
+        positions.frombytes(bytes(nulls))
+        if sys.byteorder != "little":
+            positions.byteswap()
+        for i in positions:
+            fields[i] = None
+    load = tx.load_sequence
+    return [load(fields[i : i + ncols]) for i in range(0, len(fields), ncols)]
+
+
+def make_transformer(conn: psycopg.Connection[Any], columns: Sequence[Column]) -> Transformer:
+    """A psycopg Transformer that loads text values of ``columns`` in ``conn``'s context."""
+    tx = Transformer(conn)
+    tx.set_loader_types([c.type_oid for c in columns], pq.Format.TEXT)
+    return tx
+
+
+FETCH_CHUNKS_SQL = (
+    "SELECT seq, nrows, data, nulls FROM pgbackground_jobresultchunk"
+    " WHERE job_id = %s AND seq > %s ORDER BY seq LIMIT %s"
+)
+
+
+def iter_rows(
+    conn: psycopg.Connection[Any], job_id: int, columns: Sequence[Column], batch: int = 8
+) -> Iterator[list[tuple[Any, ...]]]:
+    """Stream the stored rows of a job, a chunk at a time (memory stays bounded)."""
+    tx = make_transformer(conn, columns)
+    last = -1
+    ncols = len(columns)
+    while True:
+        rows = conn.execute(FETCH_CHUNKS_SQL, [job_id, last, batch], binary=True).fetchall()
+        if not rows:
+            return
+        for seq, nrows, data, nulls in rows:
+            last = seq
+            yield decode_chunk(tx, ncols, nrows, data, nulls)
+        if len(rows) < batch:
+            return
+
+
+def columns_from_json(raw: Any) -> list[Column]:
+    return [Column(str(n), str(t), int(o)) for n, t, o in (raw or [])]
+
+
+class Result:
+    """A job's result: the last result set that had columns, and the last statement's tag.
+
+    Iterating streams the rows from the database a chunk at a time (memory stays bounded) and
+    can be done once; ``rows`` loads them all into a list and keeps it.
+    """
+
+    def __init__(
+        self,
+        job_id: int,
+        columns: list[Column],
+        command_tag: str,
+        row_count: int | None,
+        stored_rows: int,
+    ) -> None:
+        self.job_id = job_id
+        self.columns = columns
+        self.command_tag = command_tag
+        self.row_count = row_count
+        self._stored_rows = stored_rows
+        self._rows: list[tuple[Any, ...]] | None = None
+        self._streamed = False
+
+    def __repr__(self) -> str:
+        names = ", ".join(c.name for c in self.columns)
+        return f"<Result job={self.job_id} {self.command_tag!r} columns=({names}) rows={len(self)}>"
+
+    def __len__(self) -> int:
+        return self._stored_rows
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        if self._rows is not None:
+            yield from self._rows
+            return
+        if self._streamed:
+            from .exceptions import ResultConsumed
+
+            raise ResultConsumed(
+                "the result rows were already streamed once; use Result.rows to keep them"
+            )
+        self._streamed = True
+        yield from self._stream()
+
+    @property
+    def rows(self) -> list[tuple[Any, ...]]:
+        """All rows as a list of tuples (loaded on first access, then kept)."""
+        if self._rows is None:
+            self._rows = list(iter(self))
+        return self._rows
+
+    def _stream(self) -> Iterator[tuple[Any, ...]]:
+        from .db import launcher_connection
+
+        if not self.columns or not self._stored_rows:
+            _drop_chunks(self.job_id)
+            return
+        conn = launcher_connection()
+        for batch in iter_rows(conn, self.job_id, self.columns):
+            yield from batch
+        _drop_chunks(self.job_id)
+
+
+def _drop_chunks(job_id: int) -> None:
+    from .db import launcher_connection
+
+    launcher_connection().execute(
+        "DELETE FROM pgbackground_jobresultchunk WHERE job_id = %s", [job_id]
+    )
