@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from typing import Any
 
 import psycopg
@@ -89,6 +90,7 @@ class _LauncherConnections(threading.local):
 
 
 _local = _LauncherConnections()
+_all_launcher_connections: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
 
 
 def launcher_connection() -> psycopg.Connection[Any]:
@@ -107,6 +109,7 @@ def launcher_connection() -> psycopg.Connection[Any]:
     if conn is None:
         conn = connect(alias, application_name="pgbackground launcher")
         _local.conn, _local.key = conn, key
+        _all_launcher_connections.add(conn)
     return conn
 
 
@@ -115,3 +118,13 @@ def discard_launcher_connection() -> None:
     conn, _local.conn, _local.key = _local.conn, None, None
     if conn is not None:
         conn.close()
+
+
+def close_launcher_connections() -> None:
+    """Close every thread's launcher connection (tests do this before dropping the database)."""
+    for conn in list(_all_launcher_connections):
+        try:
+            conn.close()
+        except psycopg.Error:
+            pass
+    _local.conn, _local.key = None, None
