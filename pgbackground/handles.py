@@ -424,10 +424,7 @@ class AsyncHandle:
                     if notify.channel == channel:
                         got = True
                 if not got and state == "running":
-                    from .recovery import recover_lost_workers
-
                     await sync_to_async(_recover_sync, thread_sensitive=False)()
-                    del recover_lost_workers
         finally:
             await conn.close()
 

@@ -52,6 +52,7 @@ FROM pg_stat_activity a
 JOIN pgbackground_worker w
   ON a.application_name LIKE 'pgbackground w' || w.id || ' %'
 WHERE w.stopped_at IS NOT NULL
+  AND a.datname = current_database()
   AND a.pid <> pg_backend_pid()
   AND (pg_has_role(a.usesysid, 'MEMBER')
        OR (pg_has_role('pg_signal_backend', 'MEMBER')

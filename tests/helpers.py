@@ -1,0 +1,60 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg
+from django.db import connection
+
+from pgbackground.db import connection_params
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.02) -> T:
+    """Re-check a condition on real state until it holds (fails the test after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def sql(query: str, params: Any = None) -> list[tuple[Any, ...]]:
+    """Run a query on Django's connection (autocommit in transactional tests); its rows."""
+    with connection.cursor() as cursor:
+        cursor.execute(query, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def raw_connection() -> psycopg.Connection[Any]:
+    """A separate autocommit connection to the test database."""
+    return psycopg.connect(autocommit=True, **connection_params("default"))
+
+
+class EventListener:
+    """LISTEN on pgbackground's event feed: block until an event for a job matches."""
+
+    def __init__(self) -> None:
+        self.conn = raw_connection()
+        self.conn.execute("LISTEN pgbackground_events")
+
+    def wait_for(self, job_id: int, match: Callable[[dict[str, Any]], bool],
+                 timeout: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for n in self.conn.notifies(timeout=max(0.0, deadline - time.monotonic())):
+                event = json.loads(n.payload)
+                if event["id"] == job_id and match(event):
+                    return event
+        raise AssertionError(f"no matching event for job {job_id} within {timeout} s")
+
+    def close(self) -> None:
+        self.conn.close()

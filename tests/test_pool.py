@@ -1,0 +1,167 @@
+"""The runworkers pool's fault paths and guarantees, with real processes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+import pgbackground as pgb
+from pgbackground.models import Worker
+from tests.helpers import EventListener, sql, wait_until
+from tests.poolproc import ROOT
+
+pytestmark = [pytest.mark.pool, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def table():
+    sql("CREATE TABLE hits (job text)")
+    yield "hits"
+    sql("DROP TABLE IF EXISTS hits")
+
+
+def started(h: pgb.Handle, events: EventListener) -> None:
+    """Block until the job reported progress 1 (its first statement ran)."""
+    events.wait_for(h.id, lambda e: e["pct"] == 1)
+
+
+@pytest.fixture
+def events():
+    listener = EventListener()
+    yield listener
+    listener.close()
+
+
+def backend_alive(pid: int) -> bool:
+    return bool(sql("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]))
+
+
+def test_kill_9_mid_job_ends_the_job_with_08006(start_pool, events, table):
+    pool = start_pool("--concurrency", "1")
+    h = pgb.launch("INSERT INTO hits VALUES ('x'); SELECT pgbackground_progress(1, 'go');"
+                   " SELECT pg_sleep(60)")
+    started(h, events)
+    backend = h.job().backend_pid
+    pool.kill()
+    # No pool is left: wait() itself notices the silent worker (WORKER_LOST_AFTER = 1.5 s).
+    assert h.wait(timeout=60)
+    assert h.state == "error"
+    err = h.error_info()
+    assert (err.sqlstate, err.message) == ("08006", "lost connection to worker process")
+    with pytest.raises(pgb.WorkerLost):
+        h.result()
+    worker = Worker.objects.get(pid=pool.pid)
+    assert worker.stopped_at is not None and worker.stop_reason.startswith("lost")
+    # The orphaned backend notices its client is gone (client_connection_check_interval).
+    wait_until(lambda: not backend_alive(backend), timeout=30)
+    assert sql("SELECT count(*) FROM hits") == [(0,)]
+
+
+def test_other_pools_recover_a_dead_pools_jobs_and_carry_on(start_pool, events):
+    doomed = start_pool("--concurrency", "1")
+    h = pgb.launch("SELECT pgbackground_progress(1, 'go'); SELECT pg_sleep(60)")
+    started(h, events)
+    survivor = start_pool("--concurrency", "1")
+    doomed.kill()
+    survivor.expect(f"job {h.id} error 08006")
+    assert h.state == "error"
+    assert pgb.launch("SELECT 'after'").result().rows == [("after",)]
+    restarted = start_pool("--concurrency", "1")
+    survivor.stop()
+    assert pgb.launch("SELECT 'restarted'").result().rows == [("restarted",)]
+    assert restarted.proc.poll() is None
+
+
+def test_sigterm_lets_a_running_job_finish(pool, events, table):
+    h = pgb.launch("SELECT pgbackground_progress(1, 'go'); SELECT pg_sleep(0.5);"
+                   " INSERT INTO hits VALUES ('done'); SELECT 'finished'")
+    started(h, events)
+    assert pool.stop() == 0
+    assert h.state == "stopped"
+    assert h.result().rows == [("finished",)]
+    assert sql("SELECT job FROM hits") == [("done",)]
+    assert Worker.objects.get(pid=pool.pid).stop_reason == "shutdown"
+    assert "shutting down: 1 running job(s)" in pool.output
+
+
+def test_sigterm_cancels_a_job_longer_than_the_grace(start_pool, events, table):
+    pool = start_pool("--concurrency", "1", "--shutdown-grace", "0.3")
+    h = pgb.launch("INSERT INTO hits VALUES ('x'); SELECT pgbackground_progress(1, 'go');"
+                   " SELECT pg_sleep(60)")
+    started(h, events)
+    queued = pgb.launch("SELECT 'never started'")
+    assert pool.stop() == 0
+    assert h.state == "canceled"
+    err = h.error_info()
+    assert err.sqlstate == "57014" and "shutting down" in err.message
+    assert sql("SELECT count(*) FROM hits") == [(0,)]
+    assert queued.state == "queued"  # a stopping pool claims nothing new
+
+
+def test_second_signal_cancels_at_once(start_pool, events):
+    pool = start_pool("--concurrency", "1", "--shutdown-grace", "600")
+    h = pgb.launch("SELECT pgbackground_progress(1, 'go'); SELECT pg_sleep(60)")
+    started(h, events)
+    pool.signal(signal.SIGTERM)
+    pool.expect("shutting down")
+    pool.signal(signal.SIGINT)
+    assert pool.proc.wait(60) == 0
+    assert h.state == "canceled"
+
+
+def test_terminated_job_connection_reports_57p01_and_the_slot_recovers(start_pool, events):
+    pool = start_pool("--concurrency", "1")
+    h = pgb.launch("SELECT pgbackground_progress(1, 'go'); SELECT pg_sleep(60)")
+    started(h, events)
+    sql("SELECT pg_terminate_backend(%s)", [h.job().backend_pid])
+    assert h.wait(30)
+    assert h.state == "error"
+    assert h.error_info().sqlstate == "57P01"
+    assert pgb.launch("SELECT 'recovered'").result().rows == [("recovered",)]
+    assert pool.proc.poll() is None
+
+
+def test_terminated_control_and_listener_connections_are_reopened(pool):
+    assert pgb.launch("SELECT 1").result().rows == [(1,)]
+    victims = sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database()"
+        " AND application_name IN (%s, %s, %s)",
+        [f"pgbackground listener w{pool.worker_id}", f"pgbackground control w{pool.worker_id} s0",
+         f"pgbackground control w{pool.worker_id} s1"],
+    )
+    assert len(victims) == 3  # one listener, two slots' control connections
+    pool.expect("reconnecting")
+    # Jobs queued while the pool was reconnecting still run.
+    handles = [pgb.launch(f"SELECT {i}") for i in range(5)]
+    assert [h.result().rows for h in handles] == [[(i,)] for i in range(5)]
+    assert pool.proc.poll() is None
+
+
+def test_every_job_runs_exactly_once_across_pools(start_pool, table):
+    start_pool("--concurrency", "2")
+    start_pool("--concurrency", "2")
+    handles = [pgb.submit(f"INSERT INTO hits VALUES ('{i}')") for i in range(300)]
+    for h in handles:
+        assert h.wait(120)
+    assert sql("SELECT count(*), count(DISTINCT job) FROM hits") == [(300, 300)]
+    workers = sql("SELECT count(DISTINCT worker_id) FROM pgbackground_job")
+    assert workers[0][0] >= 1
+
+
+def test_heartbeats_advance(pool):
+    first = Worker.objects.get(pid=pool.pid).heartbeat_at
+    wait_until(lambda: Worker.objects.get(pid=pool.pid).heartbeat_at > first, timeout=10)
+
+
+def test_runworkers_help_and_bad_arguments():
+    out = subprocess.run([sys.executable, "manage.py", "runworkers", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    for option in ("--concurrency", "--shutdown-grace", "--worker-id"):
+        assert option in out
+    bad = subprocess.run([sys.executable, "manage.py", "runworkers", "--concurrency", "0"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and "--concurrency must be at least 1" in bad.stderr
