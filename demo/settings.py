@@ -57,9 +57,7 @@ TEMPLATES = [
 ]
 
 DATABASES = {
-    "default": env.db(
-        "DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/pgbackground"
-    ),
+    "default": env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/pgbackground"),
 }
 # A fixed test database name keeps pytest-django and ChannelsLiveServerTestCase in agreement.
 DATABASES["default"].setdefault("TEST", {})["NAME"] = env.str(
@@ -94,6 +92,9 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
-        "pgbackground": {"handlers": ["console"], "level": env.str("PGBACKGROUND_LOG_LEVEL", default="INFO")},
+        "pgbackground": {
+            "handlers": ["console"],
+            "level": env.str("PGBACKGROUND_LOG_LEVEL", default="INFO"),
+        },
     },
 }

@@ -1,8 +1,8 @@
 """pgbackground: run arbitrary SQL in the background on PostgreSQL, the Django way.
 
-    import pgbackground as pgb
-    h = pgb.launch("VACUUM (VERBOSE) big_table", label="nightly vacuum")
-    h.wait(); print(h.state, h.notices())
+import pgbackground as pgb
+h = pgb.launch("VACUUM (VERBOSE) big_table", label="nightly vacuum")
+h.wait(); print(h.state, h.notices())
 """
 
 from typing import TYPE_CHECKING, Any
@@ -56,12 +56,23 @@ if TYPE_CHECKING:
     from .stats import Stats, stats
 
 _LAZY = {
-    "alaunch": "api", "asubmit": "api", "cancel_all": "api", "detach_all": "api",
-    "launch": "api", "list_jobs": "api", "submit": "api",
-    "AsyncHandle": "handles", "ErrorInfo": "handles", "Handle": "handles", "Notice": "handles",
-    "Progress": "handles", "ResultInfo": "handles",
-    "Column": "results", "Result": "results",
-    "Stats": "stats", "stats": "stats",
+    "alaunch": "api",
+    "asubmit": "api",
+    "cancel_all": "api",
+    "detach_all": "api",
+    "launch": "api",
+    "list_jobs": "api",
+    "submit": "api",
+    "AsyncHandle": "handles",
+    "ErrorInfo": "handles",
+    "Handle": "handles",
+    "Notice": "handles",
+    "Progress": "handles",
+    "ResultInfo": "handles",
+    "Column": "results",
+    "Result": "results",
+    "Stats": "stats",
+    "stats": "stats",
 }
 
 

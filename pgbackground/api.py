@@ -30,8 +30,13 @@ def launch(
     ValueError for bad arguments and TooManyJobs when ``owner`` has MAX_WORKERS active jobs.
     """
     return launcher.launch(
-        sql, label=label, timeout=timeout, gucs=gucs, owner=owner,
-        max_result_bytes=max_result_bytes, on_commit=on_commit,
+        sql,
+        label=label,
+        timeout=timeout,
+        gucs=gucs,
+        owner=owner,
+        max_result_bytes=max_result_bytes,
+        on_commit=on_commit,
     )
 
 
@@ -48,8 +53,14 @@ def submit(
     """Like :func:`launch`, fire-and-forget: result rows are never kept (state, errors and
     notices are)."""
     return launcher.launch(
-        sql, label=label, timeout=timeout, gucs=gucs, owner=owner,
-        max_result_bytes=max_result_bytes, on_commit=on_commit, fire_and_forget=True,
+        sql,
+        label=label,
+        timeout=timeout,
+        gucs=gucs,
+        owner=owner,
+        max_result_bytes=max_result_bytes,
+        on_commit=on_commit,
+        fire_and_forget=True,
     )
 
 
@@ -78,8 +89,10 @@ def list_jobs(owner: Any = None) -> Any:
 
 def _owned_ids(owner: Any, *, active_only: bool) -> list[int]:
     qs = list_jobs(owner)
-    qs = qs.filter(state__in=["queued", "running"]) if active_only else qs.filter(
-        detached=False, consumed=False, fire_and_forget=False
+    qs = (
+        qs.filter(state__in=["queued", "running"])
+        if active_only
+        else qs.filter(detached=False, consumed=False, fire_and_forget=False)
     )
     return list(qs.values_list("id", flat=True))
 

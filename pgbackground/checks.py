@@ -45,14 +45,22 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
 
     def positive_int(key: str, code: int, minimum: int = 1) -> None:
         v = s[key]
-        errors.extend(_need(isinstance(v, int) and not isinstance(v, bool) and v >= minimum,
-                            key, v, f"an integer >= {minimum}", code))
+        errors.extend(
+            _need(
+                isinstance(v, int) and not isinstance(v, bool) and v >= minimum,
+                key,
+                v,
+                f"an integer >= {minimum}",
+                code,
+            )
+        )
 
     def seconds(key: str, code: int, *, positive: bool) -> None:
         v = s[key]
         ok = _is_number(v) and (v > 0 if positive else v >= 0) and v == v and v != float("inf")
-        errors.extend(_need(ok, key, v, "a number of seconds " + ("> 0" if positive else ">= 0"),
-                            code))
+        errors.extend(
+            _need(ok, key, v, "a number of seconds " + ("> 0" if positive else ">= 0"), code)
+        )
 
     positive_int("MAX_WORKERS", 3)
     seconds("WORKER_TIMEOUT", 4, positive=False)
@@ -65,12 +73,15 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     positive_int("MAX_NOTICES", 11, minimum=0)
     for code, key in ((12, "JOB_RETENTION"), (13, "RESULT_RETENTION")):
         v = s[key]
-        ok = v is None or (isinstance(v, timedelta) and v >= timedelta(0)) or (
-            _is_number(v) and v >= 0
+        ok = (
+            v is None
+            or (isinstance(v, timedelta) and v >= timedelta(0))
+            or (_is_number(v) and v >= 0)
         )
         errors.extend(_need(ok, key, v, "a timedelta, a number of seconds >= 0, or None", code))
     if (
-        _is_number(s["HEARTBEAT_INTERVAL"]) and _is_number(s["WORKER_LOST_AFTER"])
+        _is_number(s["HEARTBEAT_INTERVAL"])
+        and _is_number(s["WORKER_LOST_AFTER"])
         and s["WORKER_LOST_AFTER"] < 2 * s["HEARTBEAT_INTERVAL"]
     ):
         errors.append(
@@ -116,9 +127,12 @@ def check_jobs_login(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
         with connections[alias].cursor() as cursor:
             cursor.execute("SELECT rolsuper FROM pg_roles WHERE rolname = session_user")
             row = cursor.fetchone()
-    except Exception as exc:  # noqa: BLE001 - a check must not crash
-        return [Warning(f"Could not inspect the jobs' login on {alias!r}: {exc}",
-                        id="pgbackground.W002")]
+    except Exception as exc:
+        return [
+            Warning(
+                f"Could not inspect the jobs' login on {alias!r}: {exc}", id="pgbackground.W002"
+            )
+        ]
     if row and row[0]:
         return [
             Warning(

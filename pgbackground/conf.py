@@ -1,4 +1,4 @@
-"""The ``PGBACKGROUND`` settings namespace, with defaults; validated by :mod:`pgbackground.checks`."""
+"""The ``PGBACKGROUND`` settings namespace and its defaults (validated by :mod:`.checks`)."""
 
 from __future__ import annotations
 

@@ -72,7 +72,9 @@ def connect(
     return conn
 
 
-async def aconnect(alias: str, *, application_name: str | None = None) -> psycopg.AsyncConnection[Any]:
+async def aconnect(
+    alias: str, *, application_name: str | None = None
+) -> psycopg.AsyncConnection[Any]:
     """The asyncio counterpart of :func:`connect` (autocommit)."""
     params = connection_params(alias)
     if application_name:

@@ -267,7 +267,7 @@ class Executor:
         except (BlockingIOError, OSError):
             pass
 
-    def _execute(self, job: ClaimedJob, out: Outcome) -> None:  # noqa: C901 - one protocol loop
+    def _execute(self, job: ClaimedJob, out: Outcome) -> None:
         pgconn = self.conn.pgconn
         store = not job.fire_and_forget
         started = time.monotonic()
@@ -350,7 +350,7 @@ class Executor:
                         set_no += 1
                         set_rows = set_bytes = 0
                         out.columns = [
-                            (res.fname(i).decode("utf-8", "replace"), res.ftype(i), res.fmod(i))
+                            (_text(res.fname(i)), res.ftype(i), res.fmod(i))
                             for i in range(res.nfields)
                         ]
                     if in_set and res.ntuples:
@@ -373,7 +373,9 @@ class Executor:
                     if status == ExecStatus.TUPLES_OK:
                         write_pending()
                         out.result_set, out.result_rows, out.result_bytes = (
-                            set_no, set_rows, set_bytes,
+                            set_no,
+                            set_rows,
+                            set_bytes,
                         )
                         in_set = False
                 elif status == ExecStatus.TUPLES_OK:
@@ -475,6 +477,10 @@ class Executor:
         )
         rep.dirty = False
         rep.last_write = now
+
+
+def _text(raw: bytes | None) -> str:
+    return (raw or b"").decode("utf-8", "replace")
 
 
 def _tuples(res: pq.abc.PGresult) -> int | None:

@@ -87,7 +87,9 @@ def _check_cookie(row: tuple[Any, ...] | None, cookie: int) -> tuple[Any, ...]:
     return row
 
 
-def _fetch(conn: psycopg.Connection[Any], job_id: int, cookie: int, columns: str) -> tuple[Any, ...]:
+def _fetch(
+    conn: psycopg.Connection[Any], job_id: int, cookie: int, columns: str
+) -> tuple[Any, ...]:
     row = conn.execute(
         f"SELECT cookie, {columns} FROM pgbackground_job WHERE id = %s", [job_id]
     ).fetchone()
@@ -252,13 +254,16 @@ class Handle:
             tag, row_count, columns, stored = row
             return Result(self.id, columns_from_json(columns), tag, row_count, stored)
         state, detached, ff, consumed, *err = _fetch(
-            conn, self.id, self.cookie,
+            conn,
+            self.id,
+            self.cookie,
             f"state, detached, fire_and_forget, consumed, {_ERROR_COLUMNS}",
         )
         if detached or ff:
             raise JobDetached(
                 "job was submitted fire-and-forget: it keeps no result"
-                if ff else "job is detached: its result was dropped"
+                if ff
+                else "job is detached: its result was dropped"
             )
         if state in ("error", "canceled"):
             _raise_job_error(self.id, state, tuple(err))
@@ -269,7 +274,9 @@ class Handle:
     def result_info(self) -> ResultInfo:
         """Row count, command tag, whether the job completed and whether it failed (no consume)."""
         state, tag, row_count, columns = _fetch(
-            launcher_connection(), self.id, self.cookie,
+            launcher_connection(),
+            self.id,
+            self.cookie,
             "state, command_tag, row_count, result_columns",
         )
         return ResultInfo(
@@ -284,7 +291,9 @@ class Handle:
     def error_info(self) -> ErrorInfo | None:
         """The error of a failed or canceled job, or None."""
         state, *err, position = _fetch(
-            launcher_connection(), self.id, self.cookie,
+            launcher_connection(),
+            self.id,
+            self.cookie,
             f"state, {_ERROR_COLUMNS}, error_position",
         )
         if state not in ("error", "canceled"):
@@ -295,7 +304,9 @@ class Handle:
     def progress(self) -> Progress | None:
         """The last progress the job reported, or None if it reported none."""
         pct, message, at = _fetch(
-            launcher_connection(), self.id, self.cookie,
+            launcher_connection(),
+            self.id,
+            self.cookie,
             "progress_pct, progress_message, progress_at",
         )
         if at is None:
@@ -346,9 +357,11 @@ def _validate_grace(grace: object) -> float:
 
 def cancel_ids(ids: list[int], grace: float = 0.0) -> list[tuple[int, str]]:
     """Cancel jobs by id without a cookie (operators, admin): the (id, state) of those touched."""
-    rows = launcher_connection().execute(
-        _CANCEL_SQL, {"ids": ids, "cookie": None, "grace": grace}
-    ).fetchall()
+    rows = (
+        launcher_connection()
+        .execute(_CANCEL_SQL, {"ids": ids, "cookie": None, "grace": grace})
+        .fetchall()
+    )
     return [(r[0], r[1]) for r in rows]
 
 
@@ -363,7 +376,7 @@ class AsyncHandle:
 
     __slots__ = ("_handle",)
 
-    def __init__(self, id: int, cookie: int) -> None:  # noqa: A002 - mirrors Handle
+    def __init__(self, id: int, cookie: int) -> None:
         self._handle = Handle(id, cookie)
 
     @property

@@ -72,7 +72,9 @@ def validate_sql(sql: object) -> str:
     if not isinstance(sql, str):
         raise TypeError(f"sql must be a str, not {type(sql).__name__}")
     if "\x00" in sql:
-        raise ValueError("sql contains a NUL character, which PostgreSQL cannot accept (SQLSTATE 22021)")
+        raise ValueError(
+            "sql contains a NUL character, which PostgreSQL cannot accept (SQLSTATE 22021)"
+        )
     if len(sql) > MAX_SQL_CHARS:
         raise ValueError(f"sql is longer than {MAX_SQL_CHARS} characters")
     if sqltext.is_blank(sql):
@@ -135,13 +137,17 @@ def validate_owner(owner: object) -> int | None:
 def _guc_value(name: str, value: object) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
-    if isinstance(value, int | float) and not (isinstance(value, float) and not math.isfinite(value)):
+    if isinstance(value, int | float) and not (
+        isinstance(value, float) and not math.isfinite(value)
+    ):
         return str(value)
     if isinstance(value, str):
         if "\x00" in value:
             raise ValueError(f"setting {name!r}: value contains a NUL character")
         if len(value) > MAX_GUC_VALUE_CHARS:
-            raise ValueError(f"setting {name!r}: value is longer than {MAX_GUC_VALUE_CHARS} characters")
+            raise ValueError(
+                f"setting {name!r}: value is longer than {MAX_GUC_VALUE_CHARS} characters"
+            )
         return value
     raise TypeError(
         f"setting {name!r}: value must be a str, int, float or bool, not {type(value).__name__}"
@@ -153,7 +159,9 @@ def validate_gucs(gucs: object) -> dict[str, str]:
     if gucs is None:
         return {}
     if not isinstance(gucs, Mapping):
-        raise TypeError(f"gucs must be a mapping of setting name to value, not {type(gucs).__name__}")
+        raise TypeError(
+            f"gucs must be a mapping of setting name to value, not {type(gucs).__name__}"
+        )
     result: dict[str, str] = {}
     for name, value in gucs.items():
         if not isinstance(name, str):
@@ -163,8 +171,11 @@ def validate_gucs(gucs: object) -> dict[str, str]:
         if name.lower() in REFUSED_OVERRIDES:
             raise ValueError(
                 f"setting {name!r} cannot be overridden: the pool controls it"
-                + (" (the job runs as the launcher's current role)" if "role" in name.lower()
-                   or "authorization" in name.lower() else "")
+                + (
+                    " (the job runs as the launcher's current role)"
+                    if "role" in name.lower() or "authorization" in name.lower()
+                    else ""
+                )
             )
         result[name] = _guc_value(name, value)
     return result
@@ -266,8 +277,9 @@ def launch(
         check_gucs_with_server(launcher_connection(), role, overrides)
         settings.update(overrides)
 
-    params = {
-        "cookie": new_cookie(),
+    cookie = new_cookie()
+    params: dict[str, Any] = {
+        "cookie": cookie,
         "sql": sql,
         "label": label,
         "owner": owner_pk,
@@ -293,7 +305,8 @@ def launch(
             f"owner already has {params['max']} queued or running jobs (MAX_WORKERS);"
             " wait for one to finish or cancel one (SQLSTATE 53400)"
         )
-    handle = Handle(job_id, params["cookie"])
-    job_launched.send(sender=Handle, handle=handle, label=label, owner_id=owner_pk,
-                      on_commit=on_commit)
+    handle = Handle(job_id, cookie)
+    job_launched.send(
+        sender=Handle, handle=handle, label=label, owner_id=owner_pk, on_commit=on_commit
+    )
     return handle

@@ -3,6 +3,8 @@ statistics that outlive purged jobs."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models
 from django.db.models.functions import Now
@@ -30,7 +32,7 @@ class JobQuerySet(models.QuerySet["Job"]):
     def finished(self) -> JobQuerySet:
         return self.filter(state__in=TERMINAL_STATES)
 
-    def owned_by(self, owner: object | None) -> JobQuerySet:
+    def owned_by(self, owner: Any) -> JobQuerySet:
         return self if owner is None else self.filter(owner=owner)
 
 
@@ -40,7 +42,9 @@ class Job(models.Model):
     id = models.BigAutoField(primary_key=True)
     cookie = models.BigIntegerField(_("cookie"), editable=False)
     sql = models.TextField(_("SQL"))
-    label = models.CharField(_("label"), max_length=MAX_LABEL_CHARS, blank=True, default="", db_default="")
+    label = models.CharField(
+        _("label"), max_length=MAX_LABEL_CHARS, blank=True, default="", db_default=""
+    )
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         verbose_name=_("owner"),
@@ -50,8 +54,11 @@ class Job(models.Model):
         related_name="pgbackground_jobs",
     )
     state = models.CharField(
-        _("state"), max_length=10, choices=JobState.choices, default=JobState.QUEUED,
-        db_default=JobState.QUEUED.value
+        _("state"),
+        max_length=10,
+        choices=JobState.choices,
+        default=JobState.QUEUED,
+        db_default=JobState.QUEUED.value,
     )
 
     created_at = models.DateTimeField(_("created"), db_default=Now())
@@ -83,7 +90,9 @@ class Job(models.Model):
 
     # Live reporting.
     progress_pct = models.FloatField(_("progress %"), null=True, blank=True)
-    progress_message = models.TextField(_("progress message"), blank=True, default="", db_default="")
+    progress_message = models.TextField(
+        _("progress message"), blank=True, default="", db_default=""
+    )
     progress_at = models.DateTimeField(_("progress updated"), null=True, blank=True)
     notices = models.JSONField(_("notices"), default=list, blank=True)
     notices_dropped = models.IntegerField(_("notices dropped"), default=0, db_default=0)
@@ -91,12 +100,16 @@ class Job(models.Model):
     event_seq = models.IntegerField(_("event sequence"), default=0, db_default=0)
 
     # Outcome.
-    command_tag = models.CharField(_("command tag"), max_length=64, blank=True, default="", db_default="")
+    command_tag = models.CharField(
+        _("command tag"), max_length=64, blank=True, default="", db_default=""
+    )
     row_count = models.BigIntegerField(_("rows"), null=True, blank=True)
     result_columns = models.JSONField(_("result columns"), null=True, blank=True)
     result_rows = models.BigIntegerField(_("result rows stored"), null=True, blank=True)
     result_bytes = models.BigIntegerField(_("result bytes stored"), default=0, db_default=0)
-    error_sqlstate = models.CharField(_("SQLSTATE"), max_length=5, blank=True, default="", db_default="")
+    error_sqlstate = models.CharField(
+        _("SQLSTATE"), max_length=5, blank=True, default="", db_default=""
+    )
     error_message = models.TextField(_("error message"), blank=True, default="", db_default="")
     error_detail = models.TextField(_("error detail"), blank=True, default="", db_default="")
     error_hint = models.TextField(_("error hint"), blank=True, default="", db_default="")
@@ -188,6 +201,9 @@ class JobResultChunk(models.Model):
             models.UniqueConstraint(fields=["job", "seq"], name="pgb_chunk_job_seq_uniq"),
         ]
 
+    def __str__(self) -> str:
+        return f"job {self.job_id} chunk {self.seq} ({self.nrows} rows)"
+
 
 class Worker(models.Model):
     """One ``runworkers`` process, with its heartbeat."""
@@ -200,7 +216,9 @@ class Worker(models.Model):
     started_at = models.DateTimeField(_("started"), db_default=Now())
     heartbeat_at = models.DateTimeField(_("last heartbeat"), db_default=Now())
     stopped_at = models.DateTimeField(_("stopped"), null=True, blank=True)
-    stop_reason = models.CharField(_("stop reason"), max_length=200, blank=True, default="", db_default="")
+    stop_reason = models.CharField(
+        _("stop reason"), max_length=200, blank=True, default="", db_default=""
+    )
 
     class Meta:
         verbose_name = _("worker")
@@ -239,3 +257,6 @@ class JobStatsArchive(models.Model):
                 nulls_distinct=False,
             ),
         ]
+
+    def __str__(self) -> str:
+        return f"archived statistics of owner {self.owner_pk}"

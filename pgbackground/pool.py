@@ -27,7 +27,7 @@ from psycopg.types.json import Jsonb
 
 from .conf import app_settings
 from .db import connect, jobs_alias, models_alias
-from .events import CANCEL_CHANNEL, EVENT_COLUMNS, PUBLISH_EXPRS, PUBLISH_FROM_J, QUEUE_CHANNEL
+from .events import CANCEL_CHANNEL, EVENT_COLUMNS, PUBLISH_EXPRS, QUEUE_CHANNEL
 from .executor import CancelReason, ClaimedJob, Executor, Outcome, _Reporter
 from .recovery import recover_lost_workers, terminate_orphan_backends
 from .signals import job_finished, job_started
@@ -148,10 +148,15 @@ class Pool:
         self.worker_id = self._register()
         logger.info(
             "worker %s (%s) started: %d slots, database %r, jobs run by alias %r",
-            self.worker_id, self.name, self.concurrency, self.models_alias, self.jobs_alias,
+            self.worker_id,
+            self.name,
+            self.concurrency,
+            self.models_alias,
+            self.jobs_alias,
         )
-        self._listener = threading.Thread(target=self._listen, name="pgbackground-listener",
-                                          daemon=True)
+        self._listener = threading.Thread(
+            target=self._listen, name="pgbackground-listener", daemon=True
+        )
         self._listener.start()
         for n in range(self.concurrency):
             slot = Slot(self, n)
@@ -170,8 +175,9 @@ class Pool:
                     return int(row[0])
             except psycopg.OperationalError as exc:
                 delay = backoff.next()
-                logger.warning("cannot reach the database (%s); retrying in %.1f s",
-                               str(exc).strip(), delay)
+                logger.warning(
+                    "cannot reach the database (%s); retrying in %.1f s", str(exc).strip(), delay
+                )
                 if self.stopped.wait(delay):
                     raise
 
@@ -179,8 +185,12 @@ class Pool:
         """Stop claiming, let running jobs finish within ``grace`` seconds, then cancel them."""
         grace = self.shutdown_grace if grace is None else grace
         if not self.draining.is_set():
-            logger.info("worker %s shutting down: %d running job(s), grace %.1f s",
-                        self.worker_id, self.busy_count(), grace)
+            logger.info(
+                "worker %s shutting down: %d running job(s), grace %.1f s",
+                self.worker_id,
+                self.busy_count(),
+                grace,
+            )
         self.draining.set()
         self.wake_all()
         deadline = time.monotonic() + grace
@@ -236,8 +246,10 @@ class Pool:
         while not self.stopped.is_set():
             try:
                 if conn is None:
-                    conn = connect(self.models_alias,
-                                   application_name=f"pgbackground listener w{self.worker_id}")
+                    conn = connect(
+                        self.models_alias,
+                        application_name=f"pgbackground listener w{self.worker_id}",
+                    )
                     conn.execute(f"LISTEN {QUEUE_CHANNEL}")
                     conn.execute(f"LISTEN {CANCEL_CHANNEL}")
                     backoff.reset()
@@ -259,8 +271,11 @@ class Pool:
                     conn.close()
                 conn = None
                 delay = backoff.next()
-                logger.warning("listener lost its connection (%s); reconnecting in %.1f s",
-                               str(exc).strip() or type(exc).__name__, delay)
+                logger.warning(
+                    "listener lost its connection (%s); reconnecting in %.1f s",
+                    str(exc).strip() or type(exc).__name__,
+                    delay,
+                )
                 self.stopped.wait(delay)
             except Exception:
                 logger.exception("listener error; reconnecting")
@@ -276,7 +291,8 @@ class Pool:
         if row is None or row[0]:
             logger.error(
                 "worker %s was declared dead by another process (heartbeat too late);"
-                " canceling its jobs and registering again", self.worker_id,
+                " canceling its jobs and registering again",
+                self.worker_id,
             )
             self.cancel_running(CancelReason.SHUTDOWN)
             row2 = conn.execute(
@@ -352,8 +368,10 @@ class Slot(threading.Thread):
                 options=self._job_conn_options,
                 set_timezone=False,
             )
-        if self.executor is None or self.executor.conn is not self.job_conn or (
-            self.executor.control is not self.control
+        if (
+            self.executor is None
+            or self.executor.conn is not self.job_conn
+            or (self.executor.control is not self.control)
         ):
             if self.executor is not None:
                 self.executor.close()
@@ -389,8 +407,12 @@ class Slot(threading.Thread):
                 self._run(job)
             except psycopg.OperationalError as exc:
                 delay = backoff.next()
-                logger.warning("slot %d: database connection lost (%s); reconnecting in %.1f s",
-                               self.number, str(exc).strip() or type(exc).__name__, delay)
+                logger.warning(
+                    "slot %d: database connection lost (%s); reconnecting in %.1f s",
+                    self.number,
+                    str(exc).strip() or type(exc).__name__,
+                    delay,
+                )
                 self._close(self.control)
                 self._close(self.job_conn)
                 pool.stopped.wait(delay) if pool.draining.is_set() else pool.draining.wait(delay)
@@ -411,11 +433,30 @@ class Slot(threading.Thread):
         ).fetchone()
         if row is None:
             return None
-        (job_id, cookie, sql, label, owner_id, role, gucs, timeout, max_bytes, ff,
-         cancel_in, *_) = row
+        (
+            job_id,
+            cookie,
+            sql,
+            label,
+            owner_id,
+            role,
+            gucs,
+            timeout,
+            max_bytes,
+            ff,
+            cancel_in,
+            *_,
+        ) = row
         return ClaimedJob(
-            id=job_id, cookie=cookie, sql=sql, label=label, owner_id=owner_id, role=role,
-            gucs=dict(gucs or {}), timeout=timeout, max_result_bytes=max_bytes,
+            id=job_id,
+            cookie=cookie,
+            sql=sql,
+            label=label,
+            owner_id=owner_id,
+            role=role,
+            gucs=dict(gucs or {}),
+            timeout=timeout,
+            max_result_bytes=max_bytes,
             fire_and_forget=ff,
             cancel_grace=None if cancel_in is None else max(0.0, float(cancel_in)),
         )
@@ -425,8 +466,7 @@ class Slot(threading.Thread):
         label = f" [{job.label}]" if job.label else ""
         with self._lock:
             self.current_job = job.id
-        job_started.send(sender=Pool, job_id=job.id, label=job.label,
-                         worker_id=self.pool.worker_id)
+        job_started.send(sender=Pool, job_id=job.id, label=job.label, worker_id=self.pool.worker_id)
         logger.debug("job %s%s started on slot %d", job.id, label, self.number)
         t0 = time.monotonic()
         try:
@@ -444,8 +484,12 @@ class Slot(threading.Thread):
         self._record(job, outcome, reporter)
         _log_outcome(job, outcome, elapsed)
         job_finished.send(
-            sender=Pool, job_id=job.id, label=job.label, worker_id=self.pool.worker_id,
-            state=outcome.state, sqlstate=outcome.failure.sqlstate if outcome.failure else None,
+            sender=Pool,
+            job_id=job.id,
+            label=job.label,
+            worker_id=self.pool.worker_id,
+            state=outcome.state,
+            sqlstate=outcome.failure.sqlstate if outcome.failure else None,
             duration=elapsed,
         )
         if outcome.connection_lost:
@@ -459,17 +503,27 @@ class Slot(threading.Thread):
         f = outcome.failure
         cols = outcome.columns if outcome.result_set >= 0 and outcome.columns else []
         params: dict[str, Any] = {
-            "id": job.id, "worker": self.pool.worker_id, "state": outcome.state,
-            "tag": outcome.command_tag[:64], "row_count": outcome.row_count,
+            "id": job.id,
+            "worker": self.pool.worker_id,
+            "state": outcome.state,
+            "tag": outcome.command_tag[:64],
+            "row_count": outcome.row_count,
             "keep_set": outcome.result_set,
-            "names": [c[0] for c in cols], "oids": [c[1] for c in cols],
+            "names": [c[0] for c in cols],
+            "oids": [c[1] for c in cols],
             "mods": [c[2] for c in cols],
-            "result_rows": outcome.result_rows, "result_bytes": outcome.result_bytes,
-            "sqlstate": f.sqlstate if f else "", "message": f.message if f else "",
-            "detail": f.detail if f else "", "hint": f.hint if f else "",
-            "context": f.context if f else "", "position": f.position if f else None,
-            "pct": reporter.pct, "pmessage": reporter.message,
-            "notices": Jsonb(reporter.notices), "dropped": reporter.dropped,
+            "result_rows": outcome.result_rows,
+            "result_bytes": outcome.result_bytes,
+            "sqlstate": f.sqlstate if f else "",
+            "message": f.message if f else "",
+            "detail": f.detail if f else "",
+            "hint": f.hint if f else "",
+            "context": f.context if f else "",
+            "position": f.position if f else None,
+            "pct": reporter.pct,
+            "pmessage": reporter.message,
+            "notices": Jsonb(reporter.notices),
+            "dropped": reporter.dropped,
         }
         backoff = Backoff()
         while True:
@@ -483,8 +537,12 @@ class Slot(threading.Thread):
                     )
                 row = self.control.execute(_RECORD_SQL, params).fetchone()
                 if row is None:
-                    logger.warning("job %s was already resolved elsewhere (declared lost?);"
-                                   " its outcome %s was not recorded", job.id, outcome.state)
+                    logger.warning(
+                        "job %s was already resolved elsewhere (declared lost?);"
+                        " its outcome %s was not recorded",
+                        job.id,
+                        outcome.state,
+                    )
                 return
             except psycopg.OperationalError as exc:
                 self._close(self.control)
@@ -493,8 +551,12 @@ class Slot(threading.Thread):
                     logger.error("job %s: could not record its outcome (%s)", job.id, exc)
                     return
                 delay = backoff.next()
-                logger.warning("job %s: cannot record its outcome yet (%s); retrying in %.1f s",
-                               job.id, str(exc).strip(), delay)
+                logger.warning(
+                    "job %s: cannot record its outcome yet (%s); retrying in %.1f s",
+                    job.id,
+                    str(exc).strip(),
+                    delay,
+                )
                 self.pool.stopped.wait(delay)
 
     def _reset_job_connection(self) -> None:
@@ -502,8 +564,11 @@ class Slot(threading.Thread):
         try:
             self.job_conn.execute("DISCARD ALL")
         except psycopg.Error as exc:
-            logger.warning("slot %d: could not reset the job connection (%s); reconnecting",
-                           self.number, str(exc).strip())
+            logger.warning(
+                "slot %d: could not reset the job connection (%s); reconnecting",
+                self.number,
+                str(exc).strip(),
+            )
             self._close(self.job_conn)
 
 
@@ -512,9 +577,17 @@ def _log_outcome(job: ClaimedJob, outcome: Outcome, elapsed: float) -> None:
     ms = elapsed * 1000
     if outcome.failure is None:
         rows = "" if outcome.row_count is None else f", {outcome.row_count} row(s)"
-        logger.info("job %s%s stopped in %.1f ms: %s%s", job.id, label, ms,
-                    outcome.command_tag or "-", rows)
+        logger.info(
+            "job %s%s stopped in %.1f ms: %s%s", job.id, label, ms, outcome.command_tag or "-", rows
+        )
     else:
         log: Callable[..., None] = logger.info if outcome.state == "canceled" else logger.warning
-        log("job %s%s %s in %.1f ms: %s %s", job.id, label, outcome.state, ms,
-            outcome.failure.sqlstate, outcome.failure.message)
+        log(
+            "job %s%s %s in %.1f ms: %s %s",
+            job.id,
+            label,
+            outcome.state,
+            ms,
+            outcome.failure.sqlstate,
+            outcome.failure.message,
+        )

@@ -65,8 +65,9 @@ def recover_lost_workers(conn: psycopg.Connection[Any], *, terminate: bool = Fal
     after = float(app_settings.WORKER_LOST_AFTER)
     rows = conn.execute(_RECOVER_SQL, {"after": after}).fetchall()
     for job_id, _state, *_ in rows:
-        logger.warning("job %s error 08006: %s (its worker stopped heartbeating)", job_id,
-                       LOST_MESSAGE)
+        logger.warning(
+            "job %s error 08006: %s (its worker stopped heartbeating)", job_id, LOST_MESSAGE
+        )
     if terminate:
         terminate_orphan_backends(conn)
     return [r[0] for r in rows]

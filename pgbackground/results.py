@@ -11,11 +11,16 @@ from __future__ import annotations
 import array
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import psycopg
 from psycopg import pq
 from psycopg.adapt import Transformer
+
+if TYPE_CHECKING:
+    from psycopg.abc import Transformer as TransformerT
+else:
+    TransformerT = Transformer
 
 SEP = b"\x00"  # PostgreSQL's text output never contains NUL, so it separates fields safely.
 
@@ -62,7 +67,7 @@ def pgresult_values(res: pq.abc.PGresult) -> list[bytes | None]:
 
 
 def decode_chunk(
-    tx: Transformer, ncols: int, nrows: int, data: bytes, nulls: bytes
+    tx: TransformerT, ncols: int, nrows: int, data: bytes, nulls: bytes
 ) -> list[tuple[Any, ...]]:
     """Rows of one stored chunk, loaded by ``tx`` (already told the column types)."""
     if ncols == 0:
@@ -79,7 +84,7 @@ def decode_chunk(
     return [load(fields[i : i + ncols]) for i in range(0, len(fields), ncols)]
 
 
-def make_transformer(conn: psycopg.Connection[Any], columns: Sequence[Column]) -> Transformer:
+def make_transformer(conn: psycopg.Connection[Any], columns: Sequence[Column]) -> TransformerT:
     """A psycopg Transformer that loads text values of ``columns`` in ``conn``'s context."""
     tx = Transformer(conn)
     tx.set_loader_types([c.type_oid for c in columns], pq.Format.TEXT)

@@ -46,8 +46,9 @@ class EventListener:
         self.conn = raw_connection()
         self.conn.execute("LISTEN pgbackground_events")
 
-    def wait_for(self, job_id: int, match: Callable[[dict[str, Any]], bool],
-                 timeout: float = 30.0) -> dict[str, Any]:
+    def wait_for(
+        self, job_id: int, match: Callable[[dict[str, Any]], bool], timeout: float = 30.0
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for n in self.conn.notifies(timeout=max(0.0, deadline - time.monotonic())):

@@ -31,8 +31,12 @@ class PoolProcess:
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.args = list(args)
-        full_env = {**os.environ, "DATABASE_URL": database_url(), "PYTHONUNBUFFERED": "1",
-                    **(env or {})}
+        full_env = {
+            **os.environ,
+            "DATABASE_URL": database_url(),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "manage.py"), "runworkers", *self.args],
             cwd=ROOT,
@@ -101,7 +105,9 @@ class PoolProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError("runworkers did not stop after SIGTERM:\n" + self.output)
+            raise AssertionError(
+                "runworkers did not stop after SIGTERM:\n" + self.output
+            ) from None
 
     def kill(self) -> None:
         self.proc.kill()

@@ -28,9 +28,33 @@ def test_parse_round_trips_every_handle(job_id, cookie):
 
 @pytest.mark.parametrize(
     "text",
-    ["", "42", "42:", ":5", "42:0", "0:5", "-1:5", "042:5", "42:05", "+42:5", "42:+5",
-     " 42:5", "42:5 ", "42:5\n", "42 : 5", "42:5:1", "4.2:5", "42:-0", "1e3:5",
-     f"{2**63}:5", f"42:{2**63}", f"42:{-(2**63) - 1}", "٤٢:5", "42;5", "abc"],
+    [
+        "",
+        "42",
+        "42:",
+        ":5",
+        "42:0",
+        "0:5",
+        "-1:5",
+        "042:5",
+        "42:05",
+        "+42:5",
+        "42:+5",
+        " 42:5",
+        "42:5 ",
+        "42:5\n",
+        "42 : 5",
+        "42:5:1",
+        "4.2:5",
+        "42:-0",
+        "1e3:5",
+        f"{2**63}:5",
+        f"42:{2**63}",
+        f"42:{-(2**63) - 1}",
+        "٤٢:5",
+        "42;5",
+        "abc",
+    ],
 )
 def test_parse_refuses_anything_else(text):
     with pytest.raises(ValueError, match="not a pgbackground handle"):
@@ -54,8 +78,15 @@ def test_parse_refuses_non_strings(value):
 
 @pytest.mark.parametrize(
     ("job_id", "cookie", "exc"),
-    [(0, 1, ValueError), (-5, 1, ValueError), (1, 0, ValueError), (True, 1, TypeError),
-     ("1", 1, TypeError), (1, 2**63, ValueError), (1, 1.0, TypeError)],
+    [
+        (0, 1, ValueError),
+        (-5, 1, ValueError),
+        (1, 0, ValueError),
+        (True, 1, TypeError),
+        ("1", 1, TypeError),
+        (1, 2**63, ValueError),
+        (1, 1.0, TypeError),
+    ],
 )
 def test_handle_constructor_validates(job_id, cookie, exc):
     with pytest.raises(exc):
@@ -77,8 +108,15 @@ def test_async_handle_mirrors_handle():
 
 
 def test_exception_hierarchy():
-    for cls in (pgb.JobError, pgb.JobCanceled, pgb.WorkerLost, pgb.InvalidHandle,
-                pgb.ResultConsumed, pgb.JobDetached, pgb.TooManyJobs):
+    for cls in (
+        pgb.JobError,
+        pgb.JobCanceled,
+        pgb.WorkerLost,
+        pgb.InvalidHandle,
+        pgb.ResultConsumed,
+        pgb.JobDetached,
+        pgb.TooManyJobs,
+    ):
         assert issubclass(cls, pgb.BackgroundError)
     assert issubclass(pgb.JobCanceled, pgb.JobError)
     assert issubclass(pgb.WorkerLost, pgb.JobError)
@@ -92,9 +130,17 @@ def test_unknown_id_and_wrong_cookie_are_the_same_error():
     unknown = pgb.Handle(h.id + 1000, h.cookie)
     messages = set()
     for bad in (wrong, unknown):
-        for op in (lambda x: x.state, lambda x: x.wait(0), lambda x: x.result(),
-                   lambda x: x.result_info(), lambda x: x.error_info(), lambda x: x.progress(),
-                   lambda x: x.notices(), lambda x: x.cancel(), lambda x: x.detach()):
+        for op in (
+            lambda x: x.state,
+            lambda x: x.wait(0),
+            lambda x: x.result(),
+            lambda x: x.result_info(),
+            lambda x: x.error_info(),
+            lambda x: x.progress(),
+            lambda x: x.notices(),
+            lambda x: x.cancel(),
+            lambda x: x.detach(),
+        ):
             with pytest.raises(pgb.InvalidHandle) as info:
                 op(bad)
             messages.add(str(info.value))

@@ -34,7 +34,9 @@ def test_result_has_columns_rows_and_tag(pool):
     assert h.state == "stopped"
     r = h.result()
     assert [(c.name, c.type_name, c.type_oid) for c in r.columns] == [
-        ("one", "integer", 23), ("two", "text", 25)]
+        ("one", "integer", 23),
+        ("two", "text", 25),
+    ]
     assert r.rows == [(1, "two"), (3, None)]
     assert list(r) == r.rows
     assert (r.command_tag, r.row_count, len(r)) == ("SELECT 2", 2, 2)
@@ -67,8 +69,10 @@ def test_values_have_psycopg_types(pool):
 
 
 def test_large_result_streams_in_chunks_and_is_exact(pool):
-    h = run("SELECT g, md5(g::text), CASE WHEN g % 7 = 0 THEN NULL ELSE g END"
-            " FROM generate_series(1, 60000) g")
+    h = run(
+        "SELECT g, md5(g::text), CASE WHEN g % 7 = 0 THEN NULL ELSE g END"
+        " FROM generate_series(1, 60000) g"
+    )
     job = h.job()
     assert job.result_rows == 60000
     assert JobResultChunk.objects.filter(job_id=h.id).count() > 1
@@ -96,7 +100,11 @@ def test_result_info_does_not_consume(pool):
     h = run("SELECT g FROM generate_series(1, 3) g")
     info = h.result_info()
     assert (info.row_count, info.command_tag, info.completed, info.has_error) == (
-        3, "SELECT 3", True, False)
+        3,
+        "SELECT 3",
+        True,
+        False,
+    )
     assert h.result_info() == info
     assert h.result().rows == [(1,), (2,), (3,)]
 
@@ -115,7 +123,11 @@ def test_failed_job_raises_job_error_with_real_sqlstate(pool):
             h.result()
         e = info.value
         assert (e.sqlstate, e.message, e.detail, e.hint) == (
-            "P0042", "custom failure", "the detail", "the hint")
+            "P0042",
+            "custom failure",
+            "the detail",
+            "the hint",
+        )
         assert "PL/pgSQL" in e.context
     err = h.error_info()
     assert (err.sqlstate, err.message) == ("P0042", "custom failure")
@@ -135,8 +147,10 @@ def test_error_info_is_none_for_a_successful_job(pool):
 
 
 def test_several_statements_see_each_others_writes(pool):
-    h = run("CREATE TABLE t_multi (v int); INSERT INTO t_multi VALUES (1), (2);"
-            " SELECT sum(v) FROM t_multi; DROP TABLE t_multi")
+    h = run(
+        "CREATE TABLE t_multi (v int); INSERT INTO t_multi VALUES (1), (2);"
+        " SELECT sum(v) FROM t_multi; DROP TABLE t_multi"
+    )
     r = h.result()
     assert r.rows == [(3,)]
     assert r.command_tag == "DROP TABLE"
@@ -181,7 +195,11 @@ def test_notices_in_order(pool):
         RAISE NOTICE 'four' USING DETAIL = 'd', HINT = 'h'; END $$""")
     ns = h.notices()
     assert [(n.severity, n.message) for n in ns] == [
-        ("NOTICE", "one"), ("WARNING", "two"), ("INFO", "three"), ("NOTICE", "four")]
+        ("NOTICE", "one"),
+        ("WARNING", "two"),
+        ("INFO", "three"),
+        ("NOTICE", "four"),
+    ]
     assert (ns[3].detail, ns[3].hint) == ("d", "h")
 
 
@@ -216,8 +234,14 @@ def test_on_commit_runs_after_commit_only(pool, table):
         h.wait(0)
 
 
-@pytest.mark.parametrize("copy", ["COPY scratch FROM STDIN", "COPY scratch TO STDOUT",
-                                  "COPY (SELECT 1) TO STDOUT WITH (FORMAT csv)"])
+@pytest.mark.parametrize(
+    "copy",
+    [
+        "COPY scratch FROM STDIN",
+        "COPY scratch TO STDOUT",
+        "COPY (SELECT 1) TO STDOUT WITH (FORMAT csv)",
+    ],
+)
 def test_client_copy_fails_with_0a000_and_nothing_commits(pool, table, copy):
     h = run(f"INSERT INTO {table} VALUES (1); {copy}")
     err = h.error_info()
@@ -227,7 +251,7 @@ def test_client_copy_fails_with_0a000_and_nothing_commits(pool, table, copy):
 
 
 def test_server_side_copy_is_allowed(pool, table):
-    h = run(f"COPY (SELECT 1) TO PROGRAM 'cat > /dev/null'; SELECT 'ok'")
+    h = run("COPY (SELECT 1) TO PROGRAM 'cat > /dev/null'; SELECT 'ok'")
     assert h.state == "stopped", h.error_info()
 
 
@@ -256,7 +280,9 @@ def test_progress_is_seen_while_the_job_runs(pool):
 
 def test_progress_is_clamped_and_cut(pool):
     long = "é" * 600
-    h = run(f"SELECT pgbackground_progress(-5, 'low'); SELECT pgbackground_progress(42.5, '{long}')")
+    h = run(
+        f"SELECT pgbackground_progress(-5, 'low'); SELECT pgbackground_progress(42.5, '{long}')"
+    )
     p = h.progress()
     assert p.pct == 42.5
     assert p.message == "é" * 500
@@ -282,8 +308,11 @@ def test_session_settings_carry_over_and_overrides_win(pool):
         c.execute("SET work_mem = '7MB'")
         c.execute("SET lock_timeout = '5s'")
     try:
-        h = run("SELECT current_setting('work_mem'), current_setting('lock_timeout'),"
-                " current_setting('myapp.x')", gucs={"lock_timeout": "9s", "myapp.x": "y"})
+        h = run(
+            "SELECT current_setting('work_mem'), current_setting('lock_timeout'),"
+            " current_setting('myapp.x')",
+            gucs={"lock_timeout": "9s", "myapp.x": "y"},
+        )
     finally:
         with connection.cursor() as c:
             c.execute("RESET ALL")
@@ -307,15 +336,19 @@ def test_jobs_run_as_the_launchers_current_role(pool):
 
 def test_nothing_leaks_from_one_job_to_the_next(start_pool):
     start_pool("--concurrency", "1")
-    first = run("SET work_mem = '9MB'; CREATE TEMP TABLE leftover (v int);"
-                " PREPARE leftover_stmt AS SELECT 1; SET ROLE NONE;"
-                " SELECT pg_advisory_lock(4242); LISTEN leftover_channel; SELECT 1")
+    first = run(
+        "SET work_mem = '9MB'; CREATE TEMP TABLE leftover (v int);"
+        " PREPARE leftover_stmt AS SELECT 1; SET ROLE NONE;"
+        " SELECT pg_advisory_lock(4242); LISTEN leftover_channel; SELECT 1"
+    )
     assert first.state == "stopped", first.error_info()
-    second = run("SELECT current_setting('work_mem'), to_regclass('pg_temp.leftover'),"
-                 " (SELECT count(*) FROM pg_prepared_statements),"
-                 " (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
-                 "  AND pid = pg_backend_pid()),"
-                 " (SELECT count(*) FROM pg_listening_channels()), pg_backend_pid()")
+    second = run(
+        "SELECT current_setting('work_mem'), to_regclass('pg_temp.leftover'),"
+        " (SELECT count(*) FROM pg_prepared_statements),"
+        " (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+        "  AND pid = pg_backend_pid()),"
+        " (SELECT count(*) FROM pg_listening_channels()), pg_backend_pid()"
+    )
     work_mem, temp, prepared, locks, channels, pid = second.result().rows[0]
     assert (work_mem, temp, prepared, locks, channels) == ("4MB", None, 0, 0, 0)
     assert pid == first.job().backend_pid  # the same connection was reused
@@ -332,8 +365,10 @@ def test_timeout_ends_the_job_with_57014(pool, table):
 def test_cancel_running_job_rolls_back(pool, table):
     events = EventListener()
     try:
-        h = pgb.launch(f"INSERT INTO {table} VALUES (1);"
-                       " SELECT pgbackground_progress(1, 'inserted'); SELECT pg_sleep(60)")
+        h = pgb.launch(
+            f"INSERT INTO {table} VALUES (1);"
+            " SELECT pgbackground_progress(1, 'inserted'); SELECT pg_sleep(60)"
+        )
         events.wait_for(h.id, lambda e: e["pct"] == 1)
         h.cancel()  # returns once the job is terminal
         assert h.state == "canceled"
@@ -348,8 +383,10 @@ def test_cancel_running_job_rolls_back(pool, table):
 def test_cancel_with_grace_lets_a_short_job_finish(pool, table):
     events = EventListener()
     try:
-        h = pgb.launch("SELECT pgbackground_progress(1, 'go'); SELECT pg_sleep(0.5);"
-                       f" INSERT INTO {table} VALUES (1)")
+        h = pgb.launch(
+            "SELECT pgbackground_progress(1, 'go'); SELECT pg_sleep(0.5);"
+            f" INSERT INTO {table} VALUES (1)"
+        )
         events.wait_for(h.id, lambda e: e["pct"] == 1)
         h.cancel(grace=60)
         assert h.wait(60)
@@ -379,7 +416,10 @@ def test_cancel_of_a_finished_job_changes_nothing(pool):
     h.cancel()
     after = h.job()
     assert (after.state, after.finished_at, after.event_seq) == (
-        "stopped", before.finished_at, before.event_seq)
+        "stopped",
+        before.finished_at,
+        before.event_seq,
+    )
     assert h.result().rows == [(1,)]
 
 

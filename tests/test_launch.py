@@ -43,8 +43,14 @@ def test_bad_sql_is_refused(sql, exc, match):
 
 @pytest.mark.parametrize(
     ("timeout", "exc"),
-    [(-1, ValueError), (math.nan, ValueError), (math.inf, ValueError), ("5", TypeError),
-     (True, TypeError), ([1], TypeError)],
+    [
+        (-1, ValueError),
+        (math.nan, ValueError),
+        (math.inf, ValueError),
+        ("5", TypeError),
+        (True, TypeError),
+        ([1], TypeError),
+    ],
 )
 def test_bad_timeout_is_refused(timeout, exc):
     _refused(exc, timeout=timeout)
@@ -57,8 +63,9 @@ def test_bad_max_result_bytes_is_refused(value, exc):
     _refused(exc, max_result_bytes=value)
 
 
-@pytest.mark.parametrize(("label", "exc"), [("x" * 201, ValueError), (5, TypeError),
-                                             ("a\x00b", ValueError)])
+@pytest.mark.parametrize(
+    ("label", "exc"), [("x" * 201, ValueError), (5, TypeError), ("a\x00b", ValueError)]
+)
 def test_bad_label_is_refused(label, exc):
     _refused(exc, label=label)
 
@@ -108,11 +115,16 @@ def test_launch_returns_a_queued_handle_with_the_job_row():
     assert isinstance(h, pgb.Handle)
     job = h.job()
     assert (job.id, job.cookie, job.sql, job.label, job.state) == (
-        h.id, h.cookie, "SELECT 1", "first", "queued")
+        h.id,
+        h.cookie,
+        "SELECT 1",
+        "first",
+        "queued",
+    )
     assert job.timeout == 2.5
     assert job.fire_and_forget is False
     assert h.state == "queued"
-    assert list(pgb.list_jobs())[0].id == h.id
+    assert pgb.list_jobs().first().id == h.id
 
 
 def test_wait_times_out_without_a_pool():

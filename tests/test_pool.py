@@ -41,8 +41,9 @@ def backend_alive(pid: int) -> bool:
 
 def test_kill_9_mid_job_ends_the_job_with_08006(start_pool, events, table):
     pool = start_pool("--concurrency", "1")
-    h = pgb.launch("INSERT INTO hits VALUES ('x'); SELECT pgbackground_progress(1, 'go');"
-                   " SELECT pg_sleep(60)")
+    h = pgb.launch(
+        "INSERT INTO hits VALUES ('x'); SELECT pgbackground_progress(1, 'go'); SELECT pg_sleep(60)"
+    )
     started(h, events)
     backend = h.job().backend_pid
     pool.kill()
@@ -76,8 +77,10 @@ def test_other_pools_recover_a_dead_pools_jobs_and_carry_on(start_pool, events):
 
 
 def test_sigterm_lets_a_running_job_finish(pool, events, table):
-    h = pgb.launch("SELECT pgbackground_progress(1, 'go'); SELECT pg_sleep(0.5);"
-                   " INSERT INTO hits VALUES ('done'); SELECT 'finished'")
+    h = pgb.launch(
+        "SELECT pgbackground_progress(1, 'go'); SELECT pg_sleep(0.5);"
+        " INSERT INTO hits VALUES ('done'); SELECT 'finished'"
+    )
     started(h, events)
     assert pool.stop() == 0
     assert h.state == "stopped"
@@ -89,8 +92,9 @@ def test_sigterm_lets_a_running_job_finish(pool, events, table):
 
 def test_sigterm_cancels_a_job_longer_than_the_grace(start_pool, events, table):
     pool = start_pool("--concurrency", "1", "--shutdown-grace", "0.3")
-    h = pgb.launch("INSERT INTO hits VALUES ('x'); SELECT pgbackground_progress(1, 'go');"
-                   " SELECT pg_sleep(60)")
+    h = pgb.launch(
+        "INSERT INTO hits VALUES ('x'); SELECT pgbackground_progress(1, 'go'); SELECT pg_sleep(60)"
+    )
     started(h, events)
     queued = pgb.launch("SELECT 'never started'")
     assert pool.stop() == 0
@@ -130,8 +134,11 @@ def test_terminated_control_and_listener_connections_are_reopened(pool):
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
         " WHERE datname = current_database()"
         " AND application_name IN (%s, %s, %s)",
-        [f"pgbackground listener w{pool.worker_id}", f"pgbackground control w{pool.worker_id} s0",
-         f"pgbackground control w{pool.worker_id} s1"],
+        [
+            f"pgbackground listener w{pool.worker_id}",
+            f"pgbackground control w{pool.worker_id} s0",
+            f"pgbackground control w{pool.worker_id} s1",
+        ],
     )
     assert len(victims) == 3  # one listener, two slots' control connections
     pool.expect("reconnecting")
@@ -158,10 +165,19 @@ def test_heartbeats_advance(pool):
 
 
 def test_runworkers_help_and_bad_arguments():
-    out = subprocess.run([sys.executable, "manage.py", "runworkers", "--help"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "manage.py", "runworkers", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for option in ("--concurrency", "--shutdown-grace", "--worker-id"):
         assert option in out
-    bad = subprocess.run([sys.executable, "manage.py", "runworkers", "--concurrency", "0"],
-                         cwd=ROOT, capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "manage.py", "runworkers", "--concurrency", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode != 0 and "--concurrency must be at least 1" in bad.stderr

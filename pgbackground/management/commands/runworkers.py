@@ -22,16 +22,25 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--concurrency", "-c", type=int, default=2, metavar="N",
+            "--concurrency",
+            "-c",
+            type=int,
+            default=2,
+            metavar="N",
             help="Jobs run at once by this process (N slots, 2 connections each). Default: 2.",
         )
         parser.add_argument(
-            "--shutdown-grace", type=float, default=30.0, metavar="S",
+            "--shutdown-grace",
+            type=float,
+            default=30.0,
+            metavar="S",
             help="Seconds running jobs may take to finish after SIGTERM before they are"
             " canceled. Default: 30.",
         )
         parser.add_argument(
-            "--worker-id", default=None, metavar="ID",
+            "--worker-id",
+            default=None,
+            metavar="ID",
             help="Name of this worker in logs and the admin. Default: HOST:PID.",
         )
 
