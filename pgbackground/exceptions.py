@@ -83,7 +83,7 @@ class JobDetached(BackgroundError):
 
 
 class TooManyJobs(BackgroundError):
-    """The owner already has MAX_WORKERS queued or running jobs (SQLSTATE 53400, like pg_background)."""
+    """The owner has MAX_WORKERS queued or running jobs (SQLSTATE 53400, like pg_background)."""
 
     sqlstate = "53400"
 
