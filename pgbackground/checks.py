@@ -91,6 +91,15 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 id="pgbackground.E014",
             )
         )
+    sync = s["SYNCHRONOUS_COMMIT"]
+    if sync not in ("on", "off", "local", "remote_write", "remote_apply"):
+        errors.append(
+            Error(
+                f"PGBACKGROUND['SYNCHRONOUS_COMMIT'] must be one of on, off, local,"
+                f" remote_write, remote_apply; got {sync!r}.",
+                id="pgbackground.E017",
+            )
+        )
     alias = s["DATABASE"]
     if not isinstance(alias, str) or alias not in settings.DATABASES:
         errors.append(

@@ -28,6 +28,10 @@ DEFAULTS: dict[str, Any] = {
     # Rows the worker asks PostgreSQL for at a time, and bytes it stores per result chunk.
     "FETCH_ROWS": 2000,
     "CHUNK_BYTES": 1024 * 1024,
+    # synchronous_commit of pgbackground's own bookkeeping writes (launch, claim, outcome). "off"
+    # saves a WAL flush per write; a PostgreSQL *crash* (not a clean restart) may then lose the
+    # last fraction of a second of them. The jobs' own SQL always commits as the server says.
+    "SYNCHRONOUS_COMMIT": "off",
     # Notices kept per job (VACUUM VERBOSE is chatty); the rest are counted, not kept.
     "MAX_NOTICES": 1000,
 }

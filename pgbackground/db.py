@@ -44,46 +44,53 @@ def connection_params(alias: str) -> dict[str, Any]:
     return params
 
 
+def _option(name: str, value: str) -> str:
+    """A ``-c name=value`` startup option, escaped for libpq's options string."""
+    escaped = value.replace("\\", "\\\\").replace(" ", "\\ ")
+    return f"-c {name}={escaped}"
+
+
 def connect(
     alias: str,
     *,
     application_name: str | None = None,
     options: str = "",
-    autocommit: bool = True,
-    set_timezone: bool = True,
+    job: bool = False,
 ) -> psycopg.Connection[Any]:
-    """A new psycopg connection to ``alias``, in autocommit mode unless told otherwise.
+    """A new autocommit psycopg connection to ``alias``.
 
-    ``set_timezone`` gives it the TimeZone Django's own connections use (job connections don't
-    want it: they get the launcher's settings instead).
+    Bookkeeping connections (the launcher's, the pool's control and listener connections) get
+    the TimeZone Django uses and ``PGBACKGROUND["SYNCHRONOUS_COMMIT"]``. Job connections
+    (``job=True``) get neither, the job's own settings decide, and no prepared statements,
+    since they are reset with DISCARD ALL after every job.
     """
+    return psycopg.connect(autocommit=True, **_params(alias, application_name, options, job))
+
+
+def _params(alias: str, application_name: str | None, options: str, job: bool) -> dict[str, Any]:
     params = connection_params(alias)
     if application_name:
         params["application_name"] = application_name[:63]
-    if options:
-        params["options"] = f"{params.get('options', '')} {options}".strip()
-    conn = psycopg.connect(autocommit=autocommit, **params)
-    if not set_timezone:
-        # Job connections are reset with DISCARD ALL, which drops prepared statements.
-        conn.prepare_threshold = None
-    tz = connections[alias].timezone_name
-    if tz and set_timezone:
-        conn.execute("SELECT set_config('TimeZone', %s, false)", [tz])
-    return conn
+    extra = [options] if options else []
+    if not job:
+        tz = connections[alias].timezone_name
+        if tz:
+            extra.append(_option("TimeZone", tz))
+        extra.append(_option("synchronous_commit", str(app_settings.SYNCHRONOUS_COMMIT)))
+    else:
+        params["prepare_threshold"] = None
+    if extra:
+        params["options"] = " ".join([params.get("options", ""), *extra]).strip()
+    return params
 
 
 async def aconnect(
     alias: str, *, application_name: str | None = None
 ) -> psycopg.AsyncConnection[Any]:
-    """The asyncio counterpart of :func:`connect` (autocommit)."""
-    params = connection_params(alias)
-    if application_name:
-        params["application_name"] = application_name[:63]
-    conn = await psycopg.AsyncConnection.connect(autocommit=True, **params)
-    tz = connections[alias].timezone_name
-    if tz:
-        await conn.execute("SELECT set_config('TimeZone', %s, false)", [tz])
-    return conn
+    """The asyncio counterpart of :func:`connect` (a bookkeeping connection)."""
+    return await psycopg.AsyncConnection.connect(
+        autocommit=True, **_params(alias, application_name, "", False)
+    )
 
 
 class _LauncherConnections(threading.local):

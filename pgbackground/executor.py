@@ -22,7 +22,7 @@ from psycopg.types.json import Jsonb
 from . import sqltext
 from .conf import PROGRESS_MESSAGE_MAX_CHARS
 from .events import EVENT_COLUMNS, PUBLISH_FROM_J
-from .results import encode_values, pgresult_values
+from .results import EncodedChunk, encode_values, pgresult_values
 
 logger = logging.getLogger("pgbackground.executor")
 
@@ -100,6 +100,9 @@ class Outcome:
     result_bytes: int = 0
     failure: JobFailure | None = None
     connection_lost: bool = False
+    # The kept set's last chunk, not yet stored: the outcome's record statement stores it.
+    tail: EncodedChunk | None = None
+    tail_seq: int = 0
 
 
 class CancelReason:
@@ -209,6 +212,8 @@ class Executor:
         self.max_notices = max_notices
         self.reporter = _Reporter(max_notices)
         conn.add_notice_handler(self._on_notice)
+        self._baseline: dict[str, str] | None = None  # the connection's settings after a reset
+        self._session_user = ""
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self.control_state = JobControl(self._wake_w)
@@ -253,12 +258,25 @@ class Executor:
         return outcome, self.reporter
 
     def _apply_session(self, job: ClaimedJob) -> None:
-        calls = [pgsql.SQL("set_config('role', {}, false)").format(pgsql.Literal(job.role))]
+        """Give the (freshly reset) connection the job's role and settings, in one round trip
+        at most: what already equals the connection's reset state is skipped."""
+        if self._baseline is None:
+            row = self.conn.execute(
+                "SELECT session_user::text, coalesce(json_object_agg(name, setting), '{}')"
+                " FROM pg_settings"
+            ).fetchone()
+            assert row is not None
+            self._session_user, self._baseline = row[0], dict(row[1])
+        calls = []
+        if job.role and job.role != self._session_user:
+            calls.append(pgsql.SQL("set_config('role', {}, false)").format(pgsql.Literal(job.role)))
         calls += [
             pgsql.SQL("set_config({}, {}, false)").format(pgsql.Literal(k), pgsql.Literal(v))
             for k, v in job.gucs.items()
+            if self._baseline.get(k) != v
         ]
-        self.conn.execute(pgsql.SQL("SELECT {}").format(pgsql.SQL(", ").join(calls)))
+        if calls:
+            self.conn.execute(pgsql.SQL("SELECT {}").format(pgsql.SQL(", ").join(calls)))
 
     def _drain_wake(self) -> None:
         try:
@@ -285,14 +303,24 @@ class Executor:
         pending_rows = pending_bytes = 0
         committed_by_us = False
 
-        def write_pending() -> None:
-            nonlocal pending, pending_rows, pending_bytes, seq
+        held: EncodedChunk | None = None  # a finished set's last chunk, kept in memory
+        held_seq = 0
+
+        def write_pending(hold: bool = False) -> None:
+            """Store the pending rows as a chunk; with ``hold``, keep it in memory instead
+            (a set's last chunk: dropped if a later set replaces it, else stored with the
+            outcome, saving a round trip and a commit)."""
+            nonlocal pending, pending_rows, pending_bytes, seq, held, held_seq
+            held = None
             if pending_rows and store and limit_failure is None:
                 chunk = encode_values(pending, pending_rows)
-                self.control.execute(
-                    _CHUNK_SQL,
-                    [job.id, set_no, seq, chunk.nrows, chunk.data, chunk.nulls],
-                )
+                if hold:
+                    held, held_seq = chunk, seq
+                else:
+                    self.control.execute(
+                        _CHUNK_SQL,
+                        [job.id, set_no, seq, chunk.nrows, chunk.data, chunk.nulls],
+                    )
                 seq += 1
             pending, pending_rows, pending_bytes = [], 0, 0
 
@@ -371,7 +399,7 @@ class Executor:
                                 if pending_bytes >= self.chunk_bytes:
                                     write_pending()
                     if status == ExecStatus.TUPLES_OK:
-                        write_pending()
+                        write_pending(hold=True)
                         out.result_set, out.result_rows, out.result_bytes = (
                             set_no,
                             set_rows,
@@ -394,7 +422,6 @@ class Executor:
                         failure = JobFailure.from_result(res)
                 elif status == ExecStatus.EMPTY_QUERY:
                     pass
-            write_pending()
             self._flush_progress(job.id, force=True)
         except psycopg.OperationalError as exc:
             out.connection_lost = True
@@ -449,6 +476,8 @@ class Executor:
             del committed_by_us
         if out.state != "stopped":
             out.result_set, out.result_rows, out.result_bytes = -1, None, 0
+        elif held is not None:
+            out.tail, out.tail_seq = held, held_seq
 
     def _cancel_backend(self) -> None:
         """Ask PostgreSQL to cancel the job's statement (the cancel key: always permitted)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import re
 import time
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -110,12 +111,24 @@ def _raise_job_error(job_id: int, state: str, fields: tuple[Any, ...]) -> None:
 
 _ERROR_COLUMNS = "error_sqlstate, error_message, error_detail, error_hint, error_context"
 
-_CONSUME_SQL = (
-    "UPDATE pgbackground_job SET consumed = true"
-    " WHERE id = %s AND cookie = %s AND state = 'stopped'"
-    " AND NOT consumed AND NOT detached AND NOT fire_and_forget"
-    " RETURNING command_tag, row_count, result_columns, coalesce(result_rows, 0)"
+# Consume the result; a small one (<= %(inline)s bytes) comes back in the same statement, its
+# chunks deleted as they are returned. One row per chunk (or one row with NULL chunk columns).
+_CONSUME_SQL = """
+WITH c AS (
+    UPDATE pgbackground_job SET consumed = true
+    WHERE id = %(id)s AND cookie = %(cookie)s AND state = 'stopped'
+      AND NOT consumed AND NOT detached AND NOT fire_and_forget
+    RETURNING id, command_tag, row_count, result_columns, coalesce(result_rows, 0) AS n,
+              result_bytes <= %(inline)s AS inline
+), d AS (
+    DELETE FROM pgbackground_jobresultchunk
+    WHERE job_id = (SELECT id FROM c WHERE inline)
+    RETURNING seq, nrows, data, nulls
 )
+SELECT c.command_tag, c.row_count, c.result_columns, c.n, c.inline,
+       d.seq, d.nrows, d.data, d.nulls
+FROM c LEFT JOIN d ON true ORDER BY d.seq
+"""
 
 _CANCEL_SQL = f"""
 WITH j AS (
@@ -221,14 +234,10 @@ class Handle:
         conn = launcher_connection()
         channel = job_channel(self.id)
         deadline = None if timeout is None else time.monotonic() + timeout
-        listen = pgsql.SQL("LISTEN {}").format(pgsql.Identifier(channel))
-        conn.execute(listen)
+        state = _listen_and_read_state(conn, channel, self.id, self.cookie)
         try:
             check_every = max(float(app_settings.WORKER_LOST_AFTER), 0.5)
-            while True:
-                (state,) = _fetch(conn, self.id, self.cookie, "state")
-                if state in TERMINAL:
-                    return True
+            while state not in TERMINAL:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -240,19 +249,26 @@ class Handle:
                         break
                 if not got and state == "running":
                     recover_lost_workers(conn)
+                (state,) = _fetch(conn, self.id, self.cookie, "state")
+            return True
         finally:
-            if not conn.closed and not conn.broken:
-                conn.execute(pgsql.SQL("UNLISTEN {}").format(pgsql.Identifier(channel)))
+            _stale_channels(conn).add(channel)
 
     def result(self) -> Result:
         """The job's result (waits for it to finish). Consumes it: a second call raises
         ResultConsumed. A failed job raises JobError (JobCanceled, WorkerLost) with its SQLSTATE."""
         self.wait()
         conn = launcher_connection()
-        row = conn.execute(_CONSUME_SQL, [self.id, self.cookie]).fetchone()
-        if row is not None:
-            tag, row_count, columns, stored = row
-            return Result(self.id, columns_from_json(columns), tag, row_count, stored)
+        inline = int(app_settings.CHUNK_BYTES) * 4
+        rows = conn.execute(
+            _CONSUME_SQL, {"id": self.id, "cookie": self.cookie, "inline": inline}, binary=True
+        ).fetchall()
+        if rows:
+            tag, row_count, columns, stored, is_inline = rows[0][:5]
+            chunks = [(r[6], r[7], r[8]) for r in rows if r[5] is not None] if is_inline else None
+            return Result(
+                self.id, columns_from_json(columns), tag, row_count, stored, chunks=chunks
+            )
         state, detached, ff, consumed, *err = _fetch(
             conn,
             self.id,
@@ -341,6 +357,39 @@ class Handle:
         rows = conn.execute(_DETACH_SQL, {"ids": [self.id], "cookie": self.cookie}).fetchall()
         if not rows:
             _fetch(conn, self.id, self.cookie, "state")  # InvalidHandle, or already detached
+
+
+_stale: weakref.WeakKeyDictionary[psycopg.Connection[Any], set[str]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _stale_channels(conn: psycopg.Connection[Any]) -> set[str]:
+    """Channels a connection still LISTENs to for waits that ended (unlistened lazily, with
+    the next wait's LISTEN, to save a round trip per wait)."""
+    return _stale.setdefault(conn, set())
+
+
+def _listen_and_read_state(
+    conn: psycopg.Connection[Any], channel: str, job_id: int, cookie: int
+) -> str:
+    """LISTEN on ``channel`` then read the job's state, in one round trip (literal SQL: several
+    statements in one simple query cannot take parameters)."""
+    stale = _stale_channels(conn)
+    stale.discard(channel)
+    parts = [pgsql.SQL("UNLISTEN {}").format(pgsql.Identifier(c)) for c in sorted(stale)]
+    parts.append(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(channel)))
+    parts.append(
+        pgsql.SQL("SELECT cookie, state FROM pgbackground_job WHERE id = {}").format(
+            pgsql.Literal(int(job_id))
+        )
+    )
+    cur = conn.execute(pgsql.SQL("; ").join(parts))
+    stale.clear()
+    while cur.nextset():
+        pass
+    (state,) = _check_cookie(cur.fetchone(), cookie)[1:]
+    return str(state)
 
 
 def _validate_timeout(timeout: object) -> float | None:

@@ -77,6 +77,10 @@ WITH j AS (
     WHERE c.job_id = %(id)s
       AND (c.result_set <> %(keep_set)s OR NOT EXISTS (SELECT 1 FROM j)
            OR (SELECT detached FROM j))
+), tail AS (
+    INSERT INTO pgbackground_jobresultchunk (job_id, result_set, seq, nrows, data, nulls)
+    SELECT %(id)s, %(keep_set)s, %(tail_seq)s, %(tail_nrows)s, %(tail_data)s, %(tail_nulls)s
+    FROM j WHERE %(tail_nrows)s::int IS NOT NULL AND NOT j.detached
 )
 SELECT j.id, j.state, j.run_seconds, {PUBLISH_EXPRS.strip()} FROM j
 """
@@ -366,7 +370,7 @@ class Slot(threading.Thread):
                 pool.jobs_alias,
                 application_name=f"pgbackground w{pool.worker_id} s{self.number}",
                 options=self._job_conn_options,
-                set_timezone=False,
+                job=True,
             )
         if (
             self.executor is None
@@ -524,6 +528,10 @@ class Slot(threading.Thread):
             "pmessage": reporter.message,
             "notices": Jsonb(reporter.notices),
             "dropped": reporter.dropped,
+            "tail_seq": outcome.tail_seq,
+            "tail_nrows": outcome.tail.nrows if outcome.tail else None,
+            "tail_data": outcome.tail.data if outcome.tail else None,
+            "tail_nulls": outcome.tail.nulls if outcome.tail else None,
         }
         backoff = Backoff()
         while True:

@@ -133,6 +133,8 @@ class Result:
         command_tag: str,
         row_count: int | None,
         stored_rows: int,
+        *,
+        chunks: list[tuple[int, bytes, bytes]] | None = None,
     ) -> None:
         self.job_id = job_id
         self.columns = columns
@@ -141,6 +143,7 @@ class Result:
         self._stored_rows = stored_rows
         self._rows: list[tuple[Any, ...]] | None = None
         self._streamed = False
+        self._chunks = chunks  # a small result, already fetched (and deleted from storage)
 
     def __repr__(self) -> str:
         names = ", ".join(c.name for c in self.columns)
@@ -172,6 +175,12 @@ class Result:
     def _stream(self) -> Iterator[tuple[Any, ...]]:
         from .db import launcher_connection
 
+        if self._chunks is not None:
+            if self.columns and self._chunks:
+                tx = make_transformer(launcher_connection(), self.columns)
+                for nrows, data, nulls in self._chunks:
+                    yield from decode_chunk(tx, len(self.columns), nrows, data, nulls)
+            return
         if not self.columns or not self._stored_rows:
             _drop_chunks(self.job_id)
             return
