@@ -214,6 +214,7 @@ class Executor:
         conn.add_notice_handler(self._on_notice)
         self._baseline: dict[str, str] | None = None  # the connection's settings after a reset
         self._session_user = ""
+        self._signal_ok: bool | None = None  # may the control login pg_cancel_backend() it?
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self.control_state = JobControl(self._wake_w)
@@ -480,7 +481,22 @@ class Executor:
             out.tail, out.tail_seq = held, held_seq
 
     def _cancel_backend(self) -> None:
-        """Ask PostgreSQL to cancel the job's statement (the cancel key: always permitted)."""
+        """Ask PostgreSQL to cancel the job's statement.
+
+        ``pg_cancel_backend()`` over the control connection takes a fraction of a millisecond;
+        when that login may not signal the job's backend (another login, not a member), the
+        cancel key (a new connection, a few milliseconds) always works.
+        """
+        if self._signal_ok is not False:
+            try:
+                row = self.control.execute(
+                    "SELECT pg_cancel_backend(%s)", [self.conn.info.backend_pid]
+                ).fetchone()
+                self._signal_ok = bool(row and row[0])
+                if self._signal_ok:
+                    return
+            except psycopg.errors.InsufficientPrivilege:
+                self._signal_ok = False
         try:
             self.conn.pgconn.get_cancel().cancel()
         except psycopg.Error:
