@@ -180,7 +180,7 @@ class Pool:
             except psycopg.OperationalError as exc:
                 delay = backoff.next()
                 logger.warning(
-                    "cannot reach the database (%s); retrying in %.1f s", str(exc).strip(), delay
+                    "cannot reach the database (%s); retrying in %.1f s", _one_line(exc), delay
                 )
                 if self.stopped.wait(delay):
                     raise
@@ -221,7 +221,7 @@ class Pool:
             with connect(self.models_alias, application_name="pgbackground stop") as c:
                 c.execute(_STOP_SQL, [reason, self.worker_id])
         except psycopg.Error as exc:
-            logger.warning("could not mark worker %s stopped: %s", self.worker_id, exc)
+            logger.warning("could not mark worker %s stopped: %s", self.worker_id, _one_line(exc))
 
     # --- work signalling -----------------------------------------------------------------------
 
@@ -277,7 +277,7 @@ class Pool:
                 delay = backoff.next()
                 logger.warning(
                     "listener lost its connection (%s); reconnecting in %.1f s",
-                    str(exc).strip() or type(exc).__name__,
+                    _one_line(exc),
                     delay,
                 )
                 self.stopped.wait(delay)
@@ -414,7 +414,7 @@ class Slot(threading.Thread):
                 logger.warning(
                     "slot %d: database connection lost (%s); reconnecting in %.1f s",
                     self.number,
-                    str(exc).strip() or type(exc).__name__,
+                    _one_line(exc),
                     delay,
                 )
                 self._close(self.control)
@@ -556,13 +556,13 @@ class Slot(threading.Thread):
                 self._close(self.control)
                 self.control = None
                 if self.pool.stopped.is_set():
-                    logger.error("job %s: could not record its outcome (%s)", job.id, exc)
+                    logger.error("job %s: could not record its outcome (%s)", job.id, _one_line(exc))
                     return
                 delay = backoff.next()
                 logger.warning(
                     "job %s: cannot record its outcome yet (%s); retrying in %.1f s",
                     job.id,
-                    str(exc).strip(),
+                    _one_line(exc),
                     delay,
                 )
                 self.pool.stopped.wait(delay)
@@ -575,9 +575,14 @@ class Slot(threading.Thread):
             logger.warning(
                 "slot %d: could not reset the job connection (%s); reconnecting",
                 self.number,
-                str(exc).strip(),
+                _one_line(exc),
             )
             self._close(self.job_conn)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one log line (libpq's messages span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _log_outcome(job: ClaimedJob, outcome: Outcome, elapsed: float) -> None:
