@@ -556,7 +556,9 @@ class Slot(threading.Thread):
                 self._close(self.control)
                 self.control = None
                 if self.pool.stopped.is_set():
-                    logger.error("job %s: could not record its outcome (%s)", job.id, _one_line(exc))
+                    logger.error(
+                        "job %s: could not record its outcome (%s)", job.id, _one_line(exc)
+                    )
                     return
                 delay = backoff.next()
                 logger.warning(
