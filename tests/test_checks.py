@@ -56,3 +56,7 @@ def test_deploy_check_warns_about_a_superuser_login():
 
     warnings = check_jobs_login()
     assert [w.id for w in warnings] == ["pgbackground.W001"]  # the tests connect as postgres
+
+
+def test_migrations_match_the_models():
+    call_command("makemigrations", "pgbackground", "--check", "--dry-run", verbosity=0)
