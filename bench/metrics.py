@@ -1,0 +1,506 @@
+"""The measurements. Each one runs the same SQL through pgbackground and directly over psycopg
+(one connection, this process, same run) and returns :class:`Metric` rows.
+
+To add a metric (issue 6's list), write a function ``measure_x(ctx) -> list[Metric]`` and add it
+to :data:`GROUPS`; ``run.py`` prints, checks and stores whatever the groups return.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from harness import (
+    BenchFailure,
+    CpuMeter,
+    PoolProcess,
+    peak_rss_mb,
+    release_memory,
+    reset_peak_rss,
+    rss_mb,
+)
+
+BIG_SQL = "SELECT g, md5(g::text) FROM generate_series(1, {rows}) g"
+# Progress is reported with the job's own clock, then the job sleeps until canceled.
+PROGRESS_SQL = (
+    "SELECT pgbackground_progress(50, extract(epoch FROM clock_timestamp())::text);"
+    " SELECT pg_sleep(600)"
+)
+# The direct twin: a notice carrying the server's clock, then the same sleep.
+DIRECT_PROGRESS_SQL = (
+    "DO $$ BEGIN RAISE NOTICE '%', extract(epoch FROM clock_timestamp());"
+    " PERFORM pg_sleep(600); END $$"
+)
+EVENT_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Sizes:
+    round_trips: int
+    warmup: int
+    jobs: int
+    launch_threads: int
+    jobs_threaded: int  # issue 6: this many jobs launched from two threads
+    rows: int
+    repeats: int  # of the big result (time: median; memory: max)
+    cancels: int
+
+
+FULL = Sizes(round_trips=300, warmup=30, jobs=2000, launch_threads=1, jobs_threaded=5000,
+             rows=1_000_000, repeats=3, cancels=30)
+QUICK = Sizes(round_trips=30, warmup=5, jobs=200, launch_threads=1, jobs_threaded=200,
+              rows=100_000, repeats=1, cancels=5)
+
+
+@dataclass
+class Metric:
+    key: str  # stable JSON key
+    label: str  # what the table says
+    unit: str
+    value: float
+    baseline: float | None
+    baseline_note: str = "direct psycopg, one connection"
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.baseline is None or self.baseline == 0:
+            return None
+        return self.value / self.baseline
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "label": self.label, "unit": self.unit, "value": self.value,
+            "baseline": self.baseline, "baseline_note": self.baseline_note,
+            "ratio": self.ratio, "details": self.details,
+        }
+
+
+@dataclass
+class Context:
+    url: str
+    pool: PoolProcess
+    direct: psycopg.Connection[Any]  # the baseline's one connection
+    sizes: Sizes
+    concurrency: int  # slots of the pool
+    clock_offset: float  # server clock - time.time()
+    log: Callable[[str], None]
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {
+        "n": len(values), "median": statistics.median(values), "p95": percentile(values, 95),
+        "min": min(values), "max": max(values), "mean": statistics.fmean(values),
+    }
+
+
+_TIMELINE_SQL = """
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - created_at)),
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)),
+       avg(extract(epoch FROM started_at - created_at))::float8,
+       avg(extract(epoch FROM finished_at - started_at))::float8,
+       extract(epoch FROM max(finished_at) - min(created_at))::float8
+FROM pgbackground_job WHERE id = ANY(%s)
+"""
+
+
+def job_timeline(ctx: Context, ids: list[int]) -> dict[str, float]:
+    """Server-side times of the jobs: queued (launch INSERT -> claim) and run (claim -> outcome
+    recorded), in ms, and the span from the first launch to the last outcome, in s."""
+    med_q, med_r, avg_q, avg_r, span = ctx.direct.execute(
+        _TIMELINE_SQL, [ids]).fetchone()  # type: ignore[misc]
+    return {"median_queued_ms": _ms(med_q), "median_run_ms": _ms(med_r),
+            "avg_queued_ms": _ms(avg_q), "avg_run_ms": _ms(avg_r), "span_s": span}
+
+
+def _per_job_cpu(cpu: dict[str, float], jobs: int, elapsed: float) -> dict[str, Any]:
+    return {
+        "cpu_ms_per_job": {k: _ms(v) / jobs for k, v in cpu.items()},
+        "cpu_busy_fraction_of_all_cpus": sum(cpu.values()) / elapsed / (os.cpu_count() or 1),
+    }
+
+
+# --- launch() + result() of SELECT 1 -------------------------------------------------------------
+
+
+def measure_round_trip(ctx: Context) -> list[Metric]:
+    import pgbackground as pgb
+
+    n, warm = ctx.sizes.round_trips, ctx.sizes.warmup
+    ctx.log(f"round trip: {warm} + {n} x launch()+result() of SELECT 1")
+    ours: list[float] = []
+    ids: list[int] = []
+    cpu = CpuMeter(ctx.direct, ctx.pool.pid)
+    t_start = 0.0
+    for i in range(warm + n):
+        if i == warm:
+            cpu.start()
+            t_start = time.perf_counter()
+        t0 = time.perf_counter()
+        h = pgb.launch("SELECT 1")
+        rows = h.result().rows
+        t1 = time.perf_counter()
+        if rows != [(1,)]:
+            raise BenchFailure(f"SELECT 1 returned {rows!r}")
+        if i >= warm:
+            ours.append(_ms(t1 - t0))
+            ids.append(h.id)
+    used = cpu.stop()
+    elapsed = time.perf_counter() - t_start
+    direct: list[float] = []
+    for i in range(warm + n):
+        t0 = time.perf_counter()
+        rows = ctx.direct.execute("SELECT 1").fetchall()
+        t1 = time.perf_counter()
+        if i >= warm:
+            direct.append(_ms(t1 - t0))
+    mine, base = _summary(ours), _summary(direct)
+    return [
+        Metric("roundtrip_median_ms", "launch()+result() SELECT 1, median", "ms",
+               mine["median"], base["median"],
+               details={"pgbackground": mine, "direct": base,
+                        "server_timeline": job_timeline(ctx, ids),
+                        **_per_job_cpu(used, n, elapsed)}),
+        Metric("roundtrip_p95_ms", "launch()+result() SELECT 1, p95", "ms",
+               mine["p95"], base["p95"]),
+    ]
+
+
+# --- throughput ----------------------------------------------------------------------------------
+
+
+def _launch_and_wait(n: int, start: threading.Barrier | None) -> tuple[list[int], float, float]:
+    """Launch ``n`` SELECT 1 jobs, then wait for each: (ids, launched_at, done_at)."""
+    import pgbackground as pgb
+
+    if start is not None:
+        start.wait()
+    handles = [pgb.launch("SELECT 1") for _ in range(n)]
+    launched = time.perf_counter()
+    for h in handles:
+        h.wait()
+    return [h.id for h in handles], launched, time.perf_counter()
+
+
+def _in_thread(n: int, start: threading.Barrier, out: queue.Queue[Any]) -> None:
+    from django.db import connections
+
+    from pgbackground.db import discard_launcher_connection
+
+    try:
+        out.put(_launch_and_wait(n, start))
+    except BaseException as exc:
+        out.put(exc)
+    finally:
+        discard_launcher_connection()
+        connections.close_all()
+
+
+def measure_throughput(ctx: Context, jobs: int | None = None,
+                       threads: int | None = None) -> list[Metric]:
+    """Launch all jobs (from ``threads`` threads), then wait for all; jobs per second."""
+    jobs = jobs or ctx.sizes.jobs
+    threads = threads or ctx.sizes.launch_threads
+    ctx.log(f"throughput: {jobs} x SELECT 1 launched from {threads} thread(s), then waited for")
+    cpu = CpuMeter(ctx.direct, ctx.pool.pid)
+    cpu.start()
+    t0 = time.perf_counter()
+    if threads == 1:
+        ids, launched, done = _launch_and_wait(jobs, None)
+    else:
+        share = [jobs // threads + (1 if i < jobs % threads else 0) for i in range(threads)]
+        barrier = threading.Barrier(threads + 1)
+        out: queue.Queue[Any] = queue.Queue()
+        workers = [threading.Thread(target=_in_thread, args=(k, barrier, out), daemon=True)
+                   for k in share]
+        for w in workers:
+            w.start()
+        barrier.wait()
+        t0 = time.perf_counter()
+        parts = [out.get() for _ in workers]
+        for w in workers:
+            w.join()
+        for p in parts:
+            if isinstance(p, BaseException):
+                raise p
+        ids = [i for p in parts for i in p[0]]
+        launched, done = max(p[1] for p in parts), max(p[2] for p in parts)
+    elapsed = done - t0
+    used = cpu.stop()
+
+    states = dict(ctx.direct.execute(
+        "SELECT state, count(*) FROM pgbackground_job WHERE id = ANY(%s) GROUP BY state", [ids]
+    ).fetchall())
+    if states != {"stopped": jobs}:
+        raise BenchFailure(f"throughput jobs did not all stop: {states}")
+
+    t1 = time.perf_counter()
+    for _ in range(jobs):
+        ctx.direct.execute("SELECT 1").fetchall()
+    direct_s = time.perf_counter() - t1
+
+    key = "throughput_jobs_per_s" if threads == 1 else f"throughput_{threads}threads_jobs_per_s"
+    label = f"jobs/s, {jobs:,} x SELECT 1, --concurrency {ctx.concurrency}"
+    if threads > 1:
+        label += f", {threads} launching threads"
+    return [Metric(
+        key, label, "jobs/s", jobs / elapsed, jobs / direct_s,
+        details={
+            "jobs": jobs, "launch_threads": threads, "elapsed_s": elapsed,
+            "launch_phase_s": launched - t0, "wait_phase_s": done - launched,
+            "launches_per_s": jobs / (launched - t0),
+            "server_timeline": job_timeline(ctx, ids), **_per_job_cpu(used, jobs, elapsed),
+            "direct_elapsed_s": direct_s,
+        },
+    )]
+
+
+# --- a big result --------------------------------------------------------------------------------
+
+
+def _one_big_result(ctx: Context, rows: int) -> dict[str, Any]:
+    import pgbackground as pgb
+
+    me, worker = os.getpid(), ctx.pool.pid
+    query = BIG_SQL.format(rows=rows)
+
+    release_memory()
+    reset_peak_rss(me)
+    direct_start = rss_mb(me)
+    t0 = time.perf_counter()
+    data = ctx.direct.execute(query).fetchall()
+    direct_s = time.perf_counter() - t0
+    direct_peak = peak_rss_mb(me)
+    if len(data) != rows:
+        raise BenchFailure(f"direct query returned {len(data)} rows, not {rows}")
+    first, last = data[0], data[-1]
+    del data
+    release_memory()
+
+    launcher_start, worker_idle = rss_mb(me), rss_mb(worker)
+    reset_peak_rss(me)
+    reset_peak_rss(worker)
+    cpu = CpuMeter(ctx.direct, worker)
+    cpu.start()
+    t0 = time.perf_counter()
+    h = pgb.launch(query, label="bench big result")
+    result = h.result()
+    t_result = time.perf_counter()
+    data = result.rows
+    ours_s = time.perf_counter() - t0
+    used = cpu.stop()
+    launcher_peak, worker_peak = peak_rss_mb(me), peak_rss_mb(worker)
+    if len(data) != rows or data[0] != first or data[-1] != last:
+        raise BenchFailure(f"pgbackground returned {len(data)} rows (first {data[:1]!r}),"
+                           f" not {rows} (first {first!r})")
+    del data, result
+    release_memory()
+    queued, run = ctx.direct.execute(
+        "SELECT extract(epoch FROM started_at - created_at)::float8,"
+        " extract(epoch FROM finished_at - started_at)::float8"
+        " FROM pgbackground_job WHERE id = %s", [h.id]
+    ).fetchone()  # type: ignore[misc]
+    return {
+        "direct_s": direct_s, "ours_s": ours_s,
+        "launch_to_result_s": t_result - t0, "rows_load_s": ours_s - (t_result - t0),
+        "job_queued_s": queued, "job_run_s": run,
+        "direct_start_mb": direct_start, "direct_peak_mb": direct_peak,
+        "launcher_start_mb": launcher_start, "launcher_peak_mb": launcher_peak,
+        "worker_idle_mb": worker_idle, "worker_peak_mb": worker_peak,
+        "cpu_s": used,
+    }
+
+
+def _streamed_result(ctx: Context, rows: int) -> dict[str, Any]:
+    """Iterate the result instead of keeping it (``for row in h.result()``), against a direct
+    server-side cursor: memory should stay flat whatever the row count."""
+    import pgbackground as pgb
+
+    me = os.getpid()
+    query = BIG_SQL.format(rows=rows)
+    release_memory()
+    reset_peak_rss(me)
+    start = rss_mb(me)
+    t0 = time.perf_counter()
+    with ctx.direct.transaction(), ctx.direct.cursor(name="bench_stream") as cur:
+        cur.itersize = 2000
+        direct_n = sum(1 for _ in cur.execute(query))
+    direct_s = time.perf_counter() - t0
+    direct_peak = peak_rss_mb(me)
+    release_memory()
+    reset_peak_rss(me)
+    t0 = time.perf_counter()
+    ours_n = sum(1 for _ in pgb.launch(query, label="bench streamed result").result())
+    ours_s = time.perf_counter() - t0
+    peak = peak_rss_mb(me)
+    if direct_n != rows or ours_n != rows:
+        raise BenchFailure(f"streamed {ours_n} rows (direct {direct_n}), not {rows}")
+    return {"start_mb": start, "peak_mb": peak, "direct_peak_mb": direct_peak,
+            "ours_s": ours_s, "direct_s": direct_s}
+
+
+def measure_big_result(ctx: Context, rows: int | None = None) -> list[Metric]:
+    rows = rows or ctx.sizes.rows
+    runs: list[dict[str, Any]] = []
+    for i in range(ctx.sizes.repeats):
+        ctx.log(f"big result: {rows:,} rows, run {i + 1}/{ctx.sizes.repeats}")
+        runs.append(_one_big_result(ctx, rows))
+    ctx.log(f"big result: {rows:,} rows, iterated")
+    streamed = _streamed_result(ctx, rows)
+
+    def med(k: str) -> float:
+        return statistics.median(r[k] for r in runs)
+
+    def top(k: str) -> float:
+        return max(r[k] for r in runs)
+
+    def low(k: str) -> float:
+        return min(r[k] for r in runs)
+
+    return [
+        Metric("big_result_s", f"{rows:,}-row result via result().rows", "s",
+               med("ours_s"), med("direct_s"), baseline_note="direct execute()+fetchall()",
+               details={"rows": rows, "runs": runs}),
+        Metric("launcher_peak_rss_mb", f"launcher peak RSS, {rows:,}-row result", "MB",
+               top("launcher_peak_mb"), top("direct_peak_mb"),
+               baseline_note="this process during the direct fetchall()"),
+        Metric("worker_peak_rss_mb", f"worker peak RSS, {rows:,}-row result", "MB",
+               top("worker_peak_mb"), low("worker_idle_mb"),
+               baseline_note="the same pool process, idle, before the job"),
+        Metric("launcher_stream_peak_rss_mb",
+               f"launcher peak RSS, {rows:,} rows iterated (not kept)", "MB",
+               streamed["peak_mb"], streamed["direct_peak_mb"],
+               baseline_note="a direct server-side cursor (itersize 2000)", details=streamed),
+    ]
+
+
+# --- cancel and progress -------------------------------------------------------------------------
+
+
+def _await_event(listener: psycopg.Connection[Any], job_id: int,
+                 accept: Callable[[dict[str, Any]], bool]) -> None:
+    deadline = time.monotonic() + EVENT_TIMEOUT
+    while (left := deadline - time.monotonic()) > 0:
+        for n in listener.notifies(timeout=left, stop_after=1):
+            data = json.loads(n.payload)
+            if data.get("id") == job_id and accept(data):
+                return
+    raise BenchFailure(f"no event for job {job_id} within {EVENT_TIMEOUT:.0f} s")
+
+
+def _direct_cancel_progress(ctx: Context, n: int) -> tuple[list[float], list[float]]:
+    """The floor: a notice's transit time, and cancel_safe() until the statement errors out."""
+    conn = psycopg.connect(ctx.url, autocommit=True)
+    notices: queue.Queue[tuple[float, str]] = queue.Queue()
+    conn.add_notice_handler(lambda d: notices.put((time.time(), d.message_primary or "")))
+    progress: list[float] = []
+    cancel: list[float] = []
+
+    def run(out: queue.Queue[Any]) -> None:
+        try:
+            conn.execute(DIRECT_PROGRESS_SQL)
+            out.put(BenchFailure("the direct pg_sleep was not canceled"))
+        except psycopg.errors.QueryCanceled:
+            out.put(time.perf_counter())
+        except BaseException as exc:
+            out.put(exc)
+
+    try:
+        for _ in range(n):
+            done: queue.Queue[Any] = queue.Queue()
+            th = threading.Thread(target=run, args=(done,), daemon=True)
+            th.start()
+            seen, stamp = notices.get(timeout=EVENT_TIMEOUT)
+            progress.append(_ms(seen + ctx.clock_offset - float(stamp)))
+            t0 = time.perf_counter()
+            conn.cancel_safe()
+            t1 = done.get(timeout=EVENT_TIMEOUT)
+            th.join()
+            if isinstance(t1, BaseException):
+                raise t1
+            cancel.append(_ms(t1 - t0))
+    finally:
+        conn.close()
+    return progress, cancel
+
+
+def measure_cancel_progress(ctx: Context) -> list[Metric]:
+    """Per job: progress reported by the SQL → seen by ``h.progress()`` (after its event), then
+    ``cancel()`` of the running pg_sleep → ``wait()`` returned."""
+    import pgbackground as pgb
+
+    n, warm = ctx.sizes.cancels, 2
+    ctx.log(f"cancel/progress: {warm} + {n} jobs")
+    listener = psycopg.connect(ctx.url, autocommit=True)
+    progress: list[float] = []
+    cancel: list[float] = []
+    cancel_only: list[float] = []
+    try:
+        listener.execute("LISTEN pgbackground_events")
+        for i in range(warm + n):
+            h = pgb.launch(PROGRESS_SQL, label="bench cancel/progress")
+            _await_event(listener, h.id, lambda d: d.get("pct") is not None)
+            p = h.progress()
+            seen = time.time()
+            if p is None:
+                raise BenchFailure(f"job {h.id}: event said progress, h.progress() is None")
+            t0 = time.perf_counter()
+            h.cancel()
+            t1 = time.perf_counter()
+            h.wait()
+            t2 = time.perf_counter()
+            state = h.state
+            if state != "canceled":
+                raise BenchFailure(f"job {h.id} ended {state!r} after cancel(), not 'canceled'")
+            if i >= warm:
+                progress.append(_ms(seen + ctx.clock_offset - float(p.message)))
+                cancel.append(_ms(t2 - t0))
+                cancel_only.append(_ms(t1 - t0))
+    finally:
+        listener.close()
+    d_progress, d_cancel = _direct_cancel_progress(ctx, n)
+    return [
+        Metric("cancel_median_ms", "cancel() -> wait() returned, median", "ms",
+               statistics.median(cancel), statistics.median(d_cancel),
+               baseline_note="cancel_safe() of a direct pg_sleep until it errors",
+               details={"pgbackground": _summary(cancel), "cancel_call": _summary(cancel_only),
+                        "direct": _summary(d_cancel)}),
+        Metric("progress_median_ms", "pgbackground_progress() -> h.progress(), median", "ms",
+               statistics.median(progress), statistics.median(d_progress),
+               baseline_note="a RAISE NOTICE reaching a direct client",
+               details={"pgbackground": _summary(progress), "direct": _summary(d_progress),
+                        "clock_offset_s": ctx.clock_offset}),
+    ]
+
+
+def measure_throughput_threads(ctx: Context) -> list[Metric]:
+    """Issue 6's variant: more jobs, launched from two threads."""
+    return measure_throughput(ctx, jobs=ctx.sizes.jobs_threaded, threads=2)
+
+
+GROUPS: dict[str, Callable[[Context], list[Metric]]] = {
+    "roundtrip": measure_round_trip,
+    "throughput": measure_throughput,
+    "throughput2t": measure_throughput_threads,
+    "bigresult": measure_big_result,
+    "cancel": measure_cancel_progress,
+}
