@@ -58,5 +58,6 @@ def test_deploy_check_warns_about_a_superuser_login():
     assert [w.id for w in warnings] == ["pgbackground.W001"]  # the tests connect as postgres
 
 
+@pytest.mark.django_db
 def test_migrations_match_the_models():
     call_command("makemigrations", "pgbackground", "--check", "--dry-run", verbosity=0)
