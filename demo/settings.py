@@ -25,6 +25,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "pgbackground",
+    # The demo's sales table, seed_demo command and report pages (live progress).
+    "demo",
 ]
 
 MIDDLEWARE = [

@@ -36,7 +36,7 @@ from .access import FeedScope
 from .db import aconnect, connection_params, models_alias
 from .events import EVENTS_CHANNEL
 from .pool import Backoff
-from .snapshots import Snapshot, aby_ids, afeed
+from .snapshots import TERMINAL_STATES, Snapshot, aby_ids, afeed
 
 logger = logging.getLogger("pgbackground.listener")
 
@@ -84,6 +84,7 @@ def parse_event(payload: str) -> dict[str, Any] | None:
             "message": str(data.get("message") or ""),
             "seq": int(data["seq"]),
         }
+        event["terminal"] = event["state"] in TERMINAL_STATES
     except (ValueError, TypeError, KeyError):
         logger.warning("ignoring a malformed %s payload: %.200r", EVENTS_CHANNEL, payload)
         return None

@@ -48,6 +48,16 @@ ORDER BY id DESC LIMIT {MAX_SNAPSHOT_JOBS}
 """
 
 
+def state_label(state: str) -> str:
+    """The state's name for people (translated)."""
+    from .models import JobState
+
+    try:
+        return str(JobState(state).label)
+    except ValueError:
+        return state
+
+
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
@@ -80,9 +90,10 @@ class Snapshot:
             "duration": None if duration is None else round(float(duration), 3),
             "row_count": row_count,
             "error": {"sqlstate": sqlstate, "message": error_message} if sqlstate else None,
-            "notices": notices or 0,
+            "notices_count": notices or 0,
             "cancel_requested": bool(cancel_requested),
-            "finished": state in TERMINAL_STATES,
+            "terminal": state in TERMINAL_STATES,
+            "state_label": state_label(state),
         }
 
     @property
