@@ -144,12 +144,12 @@ class LaunchForm(forms.Form):
 class JobActionForm(ActionForm):
     """The changelist's action bar, with the grace of "cancel with grace"."""
 
-    grace = forms.FloatField(
+    # Not validated here (a bad value would read "No action selected"): the action says why.
+    grace = forms.CharField(
         label=_("Grace (s):"),
         required=False,
-        min_value=0,
         widget=forms.NumberInput(
-            attrs={"step": "any", "class": "pgb-grace-input", "placeholder": "30"}
+            attrs={"step": "any", "min": "0", "class": "pgb-grace-input", "placeholder": "30"}
         ),
     )
 
