@@ -47,6 +47,8 @@ MAX_CLIENT_MESSAGE = 64 * 1024
 FEED_RECENT = timedelta(minutes=5)
 # Jobs whose last state a feed socket remembers before forgetting the finished ones.
 FEED_STATES_KEPT = 10_000
+# Jobs whose last sent seq a socket remembers before forgetting the finished ones.
+SEQS_KEPT = 10_000
 # Events never use a channel layer (see pgbackground.listener): this alias is never configured,
 # so consumers open no channel on Redis even when CHANNEL_LAYERS has one.
 NO_CHANNEL_LAYER = "pgbackground.no-channel-layer"
@@ -58,6 +60,7 @@ class _Outbox:
     def __init__(self) -> None:
         self.pending: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self.sent_seq: dict[int, int] = {}
+        self.sent_terminal: set[int] = set()
         self.wake = asyncio.Event()
 
     def put(self, message: dict[str, Any]) -> None:
@@ -74,9 +77,21 @@ class _Outbox:
             job_id, message = self.pending.popitem(last=False)
             if int(message["seq"]) > self.sent_seq.get(job_id, -1):
                 self.sent_seq[job_id] = int(message["seq"])
+                if message["state"] in TERMINAL_STATES:
+                    self._forget_finished(job_id)
                 return message
         self.wake.clear()
         return None
+
+
+    def _forget_finished(self, job_id: int) -> None:
+        # A long-lived feed sees many jobs: past SEQS_KEPT, forget those that finished (their
+        # seq no longer moves; a stray late duplicate is harmless, clients compare seq too).
+        self.sent_terminal.add(job_id)
+        if len(self.sent_seq) > SEQS_KEPT:
+            for done in self.sent_terminal:
+                self.sent_seq.pop(done, None)
+            self.sent_terminal.clear()
 
 
 class _LiveConsumer(AsyncWebsocketConsumer):
@@ -190,7 +205,8 @@ class JobConsumer(_LiveConsumer):
             self.put_snapshots(await self.listener.snapshots([self.job_id]))
 
     async def client_snapshot(self, data: dict[str, Any]) -> None:
-        assert self.listener is not None
+        if self.listener is None:
+            return
         for snap in await self.listener.snapshots([self.job_id]):
             # An explicit request is answered even when nothing changed.
             self.outbox.sent_seq.pop(snap.id, None)
@@ -256,7 +272,8 @@ class FeedConsumer(_LiveConsumer):
             self.states = {j: s for j, s in self.states.items() if s not in TERMINAL_STATES}
 
     async def client_snapshot(self, data: dict[str, Any]) -> None:
-        assert self.listener is not None
+        if self.listener is None:
+            return
         ids = data.get("ids")
         if not isinstance(ids, list) or not all(
             isinstance(i, int) and not isinstance(i, bool) and 0 < i < (1 << 63) for i in ids

@@ -107,6 +107,7 @@ class EventListener:
         self._closing = False
         self._idle_since: float | None = None
         self._query_conn: psycopg.AsyncConnection[Any] | None = None
+        self._listen_conn: psycopg.AsyncConnection[Any] | None = None
         self._query_lock = asyncio.Lock()
         # job id -> (owner id, last state seen)
         self._known: OrderedDict[int, tuple[int | None, str]] = OrderedDict()
@@ -201,7 +202,9 @@ class EventListener:
                 return
             conn: psycopg.AsyncConnection[Any] | None = None
             try:
-                conn = await aconnect(self.alias, application_name="pgbackground events")
+                conn = self._listen_conn = await aconnect(
+                    self.alias, application_name="pgbackground events"
+                )
                 await conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(EVENTS_CHANNEL)))
                 self.backend_pid = conn.info.backend_pid
                 self.connects += 1
@@ -219,6 +222,7 @@ class EventListener:
                     logger.warning("event listener connection lost (%s); reconnecting", exc)
             finally:
                 self._listening.clear()
+                self._listen_conn = None
                 if conn is not None:
                     with contextlib.suppress(psycopg.Error, OSError):
                         await conn.close()
@@ -306,6 +310,16 @@ class EventListener:
             self._query_conn = None
 
 
+    def abandon(self) -> None:
+        """Drop the connections of a listener whose event loop is gone (no await possible)."""
+        self._closing = True
+        for conn in (self._listen_conn, self._query_conn):
+            if conn is not None and not conn.closed:
+                with contextlib.suppress(Exception):
+                    conn.pgconn.finish()
+        self._listen_conn = self._query_conn = None
+
+
 def _deliver(sub: Subscriber, message: dict[str, Any]) -> None:
     try:
         sub.deliver(message)
@@ -336,6 +350,8 @@ def get_listener() -> EventListener:
         if current.loop is loop:
             _closing.add(task := loop.create_task(current.aclose()))
             task.add_done_callback(_closing.discard)
+        elif current.loop.is_closed():
+            current.abandon()
         current = None
     if current is None:
         current = _listener = EventListener()

@@ -8,6 +8,7 @@ Events are produced by the core's own SQL (``Handle.cancel()``) or by the same U
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 from collections.abc import Callable, Coroutine
@@ -21,6 +22,7 @@ from django.db import connection
 from django.test import Client
 
 import pgbackground as pgb
+from pgbackground import listener as listener_module
 from pgbackground.consumers import CLOSE_FORBIDDEN, CLOSE_LOGIN_REQUIRED
 from pgbackground.events import EVENT_COLUMNS, PUBLISH_FROM_J
 from pgbackground.listener import close_listener, get_listener
@@ -282,11 +284,15 @@ async def test_a_channel_layer_does_not_duplicate_events(settings):
 
 
 @live_test
-async def test_final_state_missed_while_the_listener_was_disconnected_still_arrives():
+async def test_final_state_missed_while_the_listener_was_disconnected_still_arrives(admin_user):
     h = await alaunch_sync("SELECT 1")
     await apublish(h.id, state="running")
     comm = await open_socket(job_path(h, h.cookie))
     snap = await recv(comm)
+    feed = await open_socket(
+        "/ws/pgbackground/jobs/", await sync_to_async(session_header)(admin_user)
+    )
+    assert (await recv(feed))["seq"] == snap["seq"]
     listener = get_listener()
     pid, connects = listener.backend_pid, listener.connects
 
@@ -305,6 +311,33 @@ async def test_final_state_missed_while_the_listener_was_disconnected_still_arri
     assert (final["state"], final["type"]) == ("stopped", "snapshot")
     assert final["seq"] > snap["seq"]
     assert listener.connects == connects + 1 and listener.backend_pid != pid
+    from_feed = await recv(feed)
+    assert (from_feed["id"], from_feed["state"]) == (h.id, "stopped")
+    assert from_feed["seq"] == final["seq"]
+    await comm.disconnect()
+    await feed.disconnect()
+
+
+@live_test
+async def test_listener_starts_with_the_first_subscriber_and_closes_when_idle(monkeypatch):
+    monkeypatch.setattr(listener_module, "TICK", 0.05)
+    monkeypatch.setattr(listener_module, "IDLE_CLOSE", 0.1)
+    h = await alaunch_sync("SELECT 1")
+    listener = get_listener()
+    assert listener.connects == 0
+    comm = await open_socket(job_path(h, h.cookie))
+    await recv(comm)
+    first_pid = listener.backend_pid
+    assert listener.connects == 1 and first_pid
+    await comm.disconnect()
+    assert listener._task is not None
+    await asyncio.wait_for(asyncio.shield(listener._task), TIMEOUT)  # closed by itself
+    # The next subscriber opens a new connection and gets its snapshot and events as usual.
+    comm = await open_socket(job_path(h, h.cookie))
+    await recv(comm)
+    assert listener.connects == 2 and listener.backend_pid != first_pid
+    await sync_to_async(h.cancel)()
+    assert (await recv(comm))["state"] == "canceled"
     await comm.disconnect()
 
 
