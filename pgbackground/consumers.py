@@ -177,7 +177,9 @@ class JobConsumer(_LiveConsumer):
         cookie = parse_cookie((query.get("cookie") or [None])[0])
         try:
             self.listener = get_listener()
-            snaps = await self.listener.snapshots([self.job_id])
+            # An id beyond bigint (the route allows 19 digits) is simply no job.
+            in_range = self.job_id < (1 << 63)
+            snaps = await self.listener.snapshots([self.job_id]) if in_range else []
         except (psycopg.Error, OSError):
             logger.warning("job socket: database unreachable", exc_info=True)
             await self.refuse(CLOSE_UNAVAILABLE)

@@ -189,7 +189,8 @@ async def test_wrong_or_malformed_cookie_is_refused(cookie):
 async def test_unknown_job_is_refused_like_a_wrong_cookie(alice):
     h = await alaunch_sync("SELECT 1")
     for path in (f"/ws/pgbackground/jobs/{h.id + 1000}/?cookie={h.cookie}",
-                 f"/ws/pgbackground/jobs/{h.id + 1000}/"):
+                 f"/ws/pgbackground/jobs/{h.id + 1000}/",
+                 "/ws/pgbackground/jobs/9999999999999999999/"):
         comm = await open_socket(path, await sync_to_async(session_header)(alice))
         await expect_close(comm, CLOSE_FORBIDDEN)
 
