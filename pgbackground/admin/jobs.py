@@ -272,12 +272,12 @@ class JobAdmin(admin.ModelAdmin):
                 messages.INFO,
             )
 
-    @admin.action(description=gettext_lazy("Cancel selected jobs"), permissions=["cancel"])
+    @admin.action(description=gettext_lazy("Cancel"), permissions=["cancel"])
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         self._cancel(request, queryset, 0.0)
 
     @admin.action(
-        description=gettext_lazy("Cancel selected jobs with grace (seconds beside)"),
+        description=gettext_lazy("Cancel with grace (seconds →)"),
         permissions=["cancel"],
     )
     def cancel_with_grace(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
@@ -303,7 +303,7 @@ class JobAdmin(admin.ModelAdmin):
         self._skipped(request, selected, len(done))
 
     @admin.action(
-        description=gettext_lazy("Detach selected jobs (keep running, drop result)"),
+        description=gettext_lazy("Detach (keep running, drop result)"),
         permissions=["cancel"],
     )
     def detach_selected(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
@@ -317,7 +317,7 @@ class JobAdmin(admin.ModelAdmin):
         )
         self._skipped(request, selected, len(done))
 
-    @admin.action(description=gettext_lazy("Launch selected jobs again"), permissions=["relaunch"])
+    @admin.action(description=gettext_lazy("Launch again"), permissions=["relaunch"])
     def relaunch_selected(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         ids = list(queryset.order_by("pk").values_list("pk", flat=True)[:1000])
         jobs = list(self.get_queryset(request).filter(pk__in=ids).order_by("pk"))
@@ -341,7 +341,7 @@ class JobAdmin(admin.ModelAdmin):
             )
 
     @admin.action(
-        description=gettext_lazy("Delete selected finished jobs (and their results)"),
+        description=gettext_lazy("Delete finished jobs"),
         permissions=["purge"],
     )
     def delete_finished(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:

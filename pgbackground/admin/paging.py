@@ -110,7 +110,9 @@ def date_hierarchy(cl: Any) -> dict[str, Any] | None:
     def link(filters: dict[str, Any]) -> str:
         return str(cl.get_query_string(filters, [f"{field_name}__"]))
 
-    qs = cl.queryset
+    # A text search is a sequential scan: probing dates through it would scan again for each
+    # bucket, so the drill-down then offers the dates of all visible jobs instead.
+    qs = cl.root_queryset if cl.query else cl.queryset
     try:
         year_i = int(year_lookup) if year_lookup else None
         month_i = int(month_lookup) if month_lookup else None
