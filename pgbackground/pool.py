@@ -40,7 +40,7 @@ WITH j AS (
         worker_id = %(worker)s, backend_pid = %(pid)s, event_seq = event_seq + 1
     WHERE id = (SELECT id FROM pgbackground_job WHERE state = 'queued'
                 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
-    RETURNING {EVENT_COLUMNS}, cookie, sql, label, owner_id, role, gucs, timeout,
+    RETURNING {EVENT_COLUMNS}, cookie, sql, label, role, gucs, timeout,
               max_result_bytes, fire_and_forget, cancel_deadline
 )
 SELECT j.id, j.cookie, j.sql, j.label, j.owner_id, j.role, j.gucs, j.timeout,
