@@ -13,7 +13,6 @@ import ctypes
 import datetime
 import os
 import platform
-import secrets
 import signal
 import subprocess
 import sys
@@ -83,22 +82,6 @@ def setup_django(url: str) -> None:
 
     django.setup()
     call_command("migrate", verbosity=0, interactive=False)
-
-
-def avoid_worker_id_clash(conn: psycopg.Connection[Any]) -> int:
-    """Start this database's worker ids at a random large number; the first id.
-
-    Work-around: a pool's orphan-backend cleanup matches ``application_name`` ("pgbackground
-    w<id> s<n>") across *all* databases of the server, so a stopped worker 1 in some test
-    database gets the bench pool's worker 1 job connections terminated (57P01).
-    """
-    first = secrets.randbelow(10**9) + 10**9
-    conn.execute(
-        "SELECT setval(pg_get_serial_sequence('pgbackground_worker', 'id'),"
-        " greatest((SELECT coalesce(max(id), 0) FROM pgbackground_worker), %s), false)",
-        [first],
-    )
-    return first
 
 
 def close_django_connections() -> None:
@@ -238,6 +221,45 @@ def watchdog(pool: PoolProcess, deadline_s: float) -> Iterator[Callable[[], str 
         done.set()
 
 
+# --- profiling -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def profiled(directory: Path | None, name: str, pool_pid: int) -> Iterator[None]:
+    """With a directory: cProfile this process (``<name>-launcher.pstats``) and, if py-spy is
+    installed, sample the pool (``<name>-pool.svg``, a flame graph) while the block runs."""
+    if directory is None:
+        yield
+        return
+    import cProfile
+    import shutil
+
+    directory.mkdir(parents=True, exist_ok=True)
+    spy = None
+    if shutil.which("py-spy"):
+        spy = subprocess.Popen(
+            ["py-spy", "record", "--pid", str(pool_pid), "--threads", "--rate", "250",
+             "--nonblocking", "--output", str(directory / f"{name}-pool.svg")],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        assert spy.stdout is not None
+        spy.stdout.readline()  # "Sampling process ..." once attached (or an error, then EOF)
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        yield
+    finally:
+        profile.disable()
+        profile.dump_stats(directory / f"{name}-launcher.pstats")
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl+C
+            try:
+                spy.communicate(timeout=60)  # drains its remaining output
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.communicate()
+
+
 # --- memory --------------------------------------------------------------------------------------
 
 
@@ -294,36 +316,56 @@ def server_is_local(conn: psycopg.Connection[Any]) -> bool:
 class CpuMeter:
     """CPU seconds used by the launcher (this process), the pool and the PostgreSQL backends of
     the bench database between :meth:`start` and :meth:`stop` (backends only when the server
-    runs on this machine; a backend that comes or goes in between is not counted)."""
+    runs on this machine; a backend that comes or goes in between is not counted). Backends are
+    also broken down by application_name (launcher, control, job, listener connections...)."""
 
     def __init__(self, conn: psycopg.Connection[Any], pool_pid: int) -> None:
         self.conn, self.pool_pid = conn, pool_pid
         self.local = server_is_local(conn)
-        self._start: dict[str, dict[int, float]] = {}
+        self._start: dict[int, float] = {}
+        self._names: dict[int, str] = {}
 
-    def _snapshot(self) -> dict[str, dict[int, float]]:
-        groups = {"launcher": [os.getpid()], "pool": [self.pool_pid], "postgres": []}
+    def _snapshot(self) -> dict[int, float]:
+        pids = {os.getpid(): "launcher", self.pool_pid: "pool"}
         if self.local:
-            groups["postgres"] = [r[0] for r in self.conn.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-            ).fetchall()]
-        snap: dict[str, dict[int, float]] = {}
-        for name, pids in groups.items():
-            snap[name] = {pid: cpu for pid in pids if (cpu := _cpu_s(pid)) is not None}
-        return snap
+            me = self.conn.info.backend_pid
+            for pid, name in self.conn.execute(
+                "SELECT pid, application_name FROM pg_stat_activity"
+                " WHERE datname = current_database()"
+            ).fetchall():
+                label = "bench (direct)" if pid == me else _backend_label(name)
+                pids[pid] = "postgres: " + label
+        self._names.update(pids)
+        return {pid: cpu for pid in pids if (cpu := _cpu_s(pid)) is not None}
 
     def start(self) -> None:
         self._start = self._snapshot()
 
     def stop(self) -> dict[str, float]:
-        """CPU seconds per group since :meth:`start`."""
+        """CPU seconds per group ("launcher", "pool", "postgres") since :meth:`start`, plus
+        "postgres: <connection>" lines."""
         end = self._snapshot()
-        return {
-            name: sum(end[name][pid] - t for pid, t in self._start[name].items()
-                      if pid in end[name])
-            for name in end
-            if name != "postgres" or self.local
-        }
+        used: dict[str, float] = {"launcher": 0.0, "pool": 0.0}
+        if self.local:
+            used["postgres"] = 0.0
+        for pid, t in self._start.items():
+            if pid not in end:
+                continue
+            name = self._names[pid]
+            used[name] = used.get(name, 0.0) + end[pid] - t
+            if name.startswith("postgres: "):
+                used["postgres"] += end[pid] - t
+        return used
+
+
+def _backend_label(application_name: str) -> str:
+    """"pgbackground control w12 s0" -> "pgbackground control"; "pgbackground w12 s0" (a job
+    connection) -> "pgbackground job"; "" -> Django's own connection."""
+    words = [w for w in application_name.split()
+             if not (len(w) > 1 and w[0] in "ws" and w[1:].isdigit())]
+    if words == ["pgbackground"]:
+        return "pgbackground job"
+    return " ".join(words) or "django (no application_name)"
 
 
 # --- facts ---------------------------------------------------------------------------------------

@@ -29,11 +29,11 @@ from harness import (
     ROOT,
     BenchFailure,
     PoolProcess,
-    avoid_worker_id_clash,
     clock_offset,
     close_django_connections,
     drop_database,
     machine_facts,
+    profiled,
     recreate_database,
     server_is_local,
     setup_django,
@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, metavar="N", help="rows of the big result")
     p.add_argument("--repeats", type=int, metavar="N", help="runs of the big result")
     p.add_argument("--cancels", type=int, metavar="N", help="cancel/progress jobs measured")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="write a cProfile of the launcher and (with py-spy installed) a flame"
+                   " graph of the pool per group to DIR; the numbers then include the overhead")
     p.add_argument("--timeout", type=float, default=900.0, metavar="S",
                    help="cancel everything and fail if the run takes longer (default: 900)")
     args = p.parse_args(argv)
@@ -142,12 +145,13 @@ def write_json(path: Path, report: dict[str, Any]) -> None:
 
 
 def run_groups(ctx: Context, names: list[str], metrics: list[Metric], failures: list[str],
-               fired: Any) -> None:
+               fired: Any, profile_dir: Path | None = None) -> None:
     """Run the groups, appending to ``metrics`` (kept if interrupted) and ``failures``."""
     for name in names:
         t0 = time.perf_counter()
         try:
-            metrics.extend(GROUPS[name](ctx))
+            with profiled(profile_dir, name, ctx.pool.pid):
+                metrics.extend(GROUPS[name](ctx))
         except Exception as exc:
             from pgbackground import BackgroundError
 
@@ -167,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     names = args.only.split(",") if args.only else list(GROUPS)
     report: dict[str, Any] = {
         "schema": 1, "mode": "quick" if args.quick else "full",
-        "config": {**dataclasses.asdict(sizes), "concurrency": args.concurrency},
+        "config": {**dataclasses.asdict(sizes), "concurrency": args.concurrency,
+                   "profiled": args.profile is not None},
         "machine": {}, "metrics": {}, "failures": [], "ok": False,
     }
     failures: list[str] = report["failures"]
@@ -187,7 +192,6 @@ def main(argv: list[str] | None = None) -> int:
         setup_django(url)
         direct = psycopg.connect(url, autocommit=True)
         report["machine"] = machine_facts(direct)
-        avoid_worker_id_clash(direct)
         log(f"starting runworkers --concurrency {args.concurrency}")
         pool = PoolProcess(url, args.concurrency)
         pool.wait_running()
@@ -197,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                       # One machine, one clock: estimating an offset would only add noise.
                       clock_offset=0.0 if server_is_local(direct) else clock_offset(direct))
         with watchdog(pool, args.timeout) as fired:
-            run_groups(ctx, names, metrics, failures, fired)
+            run_groups(ctx, names, metrics, failures, fired, args.profile)
         log("stopping the pool (SIGTERM)")
         rc = pool.stop()
         if rc != 0:
