@@ -133,9 +133,12 @@ def job_timeline(ctx: Context, ids: list[int]) -> dict[str, float]:
 
 
 def _per_job_cpu(cpu: dict[str, float], jobs: int, elapsed: float) -> dict[str, Any]:
+    """CPU per job by process (and PostgreSQL backend), and how busy the machine's CPUs were
+    with it (the rest: waiting, or other processes)."""
+    total = sum(v for k, v in cpu.items() if k in ("launcher", "pool", "postgres"))
     return {
         "cpu_ms_per_job": {k: _ms(v) / jobs for k, v in cpu.items()},
-        "cpu_busy_fraction_of_all_cpus": sum(cpu.values()) / elapsed / (os.cpu_count() or 1),
+        "cpu_busy_fraction_of_all_cpus": total / elapsed / (os.cpu_count() or 1),
     }
 
 
@@ -188,12 +191,10 @@ def measure_round_trip(ctx: Context) -> list[Metric]:
 # --- throughput ----------------------------------------------------------------------------------
 
 
-def _launch_and_wait(n: int, start: threading.Barrier | None) -> tuple[list[int], float, float]:
+def _launch_and_wait(n: int) -> tuple[list[int], float, float]:
     """Launch ``n`` SELECT 1 jobs, then wait for each: (ids, launched_at, done_at)."""
     import pgbackground as pgb
 
-    if start is not None:
-        start.wait()
     handles = [pgb.launch("SELECT 1") for _ in range(n)]
     launched = time.perf_counter()
     for h in handles:
@@ -201,16 +202,34 @@ def _launch_and_wait(n: int, start: threading.Barrier | None) -> tuple[list[int]
     return [h.id for h in handles], launched, time.perf_counter()
 
 
-def _in_thread(n: int, start: threading.Barrier, out: queue.Queue[Any]) -> None:
+def _connect_launcher() -> None:
+    """Open this thread's connections (Django's and pgbackground's launcher connection)."""
+    from django.db import connections
+
+    from pgbackground.db import launcher_connection, models_alias
+
+    launcher_connection()
+    connections[models_alias()].ensure_connection()
+
+
+def _in_thread(n: int, ready: threading.Barrier, go: threading.Event,
+               release: threading.Event, out: queue.Queue[Any]) -> None:
+    """One launching thread. Its connections are opened before the start and closed only after
+    the CPU meter has read their backends."""
     from django.db import connections
 
     from pgbackground.db import discard_launcher_connection
 
     try:
-        out.put(_launch_and_wait(n, start))
+        _connect_launcher()
+        ready.wait()
+        go.wait()
+        out.put(_launch_and_wait(n))
     except BaseException as exc:
+        ready.abort()
         out.put(exc)
     finally:
+        release.wait(EVENT_TIMEOUT)
         discard_launcher_connection()
         connections.close_all()
 
@@ -222,30 +241,41 @@ def measure_throughput(ctx: Context, jobs: int | None = None,
     threads = threads or ctx.sizes.launch_threads
     ctx.log(f"throughput: {jobs} x SELECT 1 launched from {threads} thread(s), then waited for")
     cpu = CpuMeter(ctx.direct, ctx.pool.pid)
-    cpu.start()
-    t0 = time.perf_counter()
     if threads == 1:
-        ids, launched, done = _launch_and_wait(jobs, None)
+        _connect_launcher()  # so that the meter sees its backends from the start
+        cpu.start()
+        t0 = time.perf_counter()
+        ids, launched, done = _launch_and_wait(jobs)
+        used = cpu.stop()
     else:
         share = [jobs // threads + (1 if i < jobs % threads else 0) for i in range(threads)]
-        barrier = threading.Barrier(threads + 1)
+        ready, go, release = threading.Barrier(threads + 1), threading.Event(), threading.Event()
         out: queue.Queue[Any] = queue.Queue()
-        workers = [threading.Thread(target=_in_thread, args=(k, barrier, out), daemon=True)
-                   for k in share]
+        workers = [threading.Thread(target=_in_thread, args=(k, ready, go, release, out),
+                                    daemon=True) for k in share]
         for w in workers:
             w.start()
-        barrier.wait()
-        t0 = time.perf_counter()
-        parts = [out.get() for _ in workers]
-        for w in workers:
-            w.join()
-        for p in parts:
-            if isinstance(p, BaseException):
-                raise p
+        try:
+            ready.wait()
+            cpu.start()
+            t0 = time.perf_counter()
+            go.set()
+            parts = [out.get() for _ in workers]
+            used = cpu.stop()
+        except threading.BrokenBarrierError:  # a thread failed to connect: its error follows
+            parts = [out.get() for _ in workers]
+        finally:
+            go.set()
+            release.set()
+            for w in workers:
+                w.join()
+        errors = [p for p in parts if isinstance(p, BaseException)]
+        if errors:
+            raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)),
+                       errors[0])
         ids = [i for p in parts for i in p[0]]
         launched, done = max(p[1] for p in parts), max(p[2] for p in parts)
     elapsed = done - t0
-    used = cpu.stop()
 
     states = dict(ctx.direct.execute(
         "SELECT state, count(*) FROM pgbackground_job WHERE id = ANY(%s) GROUP BY state", [ids]
