@@ -79,6 +79,11 @@ def _params(alias: str, application_name: str | None, options: str, job: bool) -
         extra.append(_option("synchronous_commit", str(app_settings.SYNCHRONOUS_COMMIT)))
     else:
         params["prepare_threshold"] = None
+        # Jobs carry the launcher's TimeZone: start with Django's, so that applying it is
+        # usually a no-op (see Executor._apply_session).
+        tz = connections[models_alias()].timezone_name
+        if tz:
+            extra.append(_option("TimeZone", tz))
     if extra:
         params["options"] = " ".join([params.get("options", ""), *extra]).strip()
     return params

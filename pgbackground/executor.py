@@ -480,6 +480,36 @@ class Executor:
         elif held is not None:
             out.tail, out.tail_seq = held, held_seq
 
+    # --- reset, overlapped with recording the outcome ----------------------------------------
+
+    def start_reset(self) -> bool:
+        """Send DISCARD ALL without waiting for it: its round trip overlaps the recording of the
+        outcome on the control connection. False if it could not be sent."""
+        pgconn = self.conn.pgconn
+        try:
+            pgconn.send_query(b"DISCARD ALL")
+            while pgconn.flush():
+                _wait_fd(pgconn.socket, selectors.EVENT_WRITE, 1.0)
+        except psycopg.Error:
+            return False
+        return True
+
+    def finish_reset(self) -> None:
+        """Wait for the DISCARD ALL sent by :meth:`start_reset`; raise if it failed."""
+        pgconn = self.conn.pgconn
+        error: str | None = None
+        while True:
+            while pgconn.is_busy():
+                _wait_fd(pgconn.socket, selectors.EVENT_READ, 1.0)
+                pgconn.consume_input()
+            res = pgconn.get_result()
+            if res is None:
+                break
+            if res.status != ExecStatus.COMMAND_OK:
+                error = _text(res.error_message) or "DISCARD ALL failed"
+        if error is not None:
+            raise psycopg.OperationalError(error)
+
     def _cancel_backend(self) -> None:
         """Ask PostgreSQL to cancel the job's statement.
 

@@ -49,7 +49,7 @@ MAX_GUC_VALUE_CHARS = 8192
 _CAPTURE_SQL = (
     "SELECT current_user::text, coalesce(json_object_agg(name, setting)"
     " FILTER (WHERE lower(name) <> ALL(%s)), '{}')"
-    " FROM pg_settings WHERE source = 'session'"
+    " FROM pg_settings WHERE source = 'session' OR name = 'TimeZone'"
 )
 
 _INSERT_COLUMNS = (
@@ -209,7 +209,8 @@ def check_gucs_with_server(conn: psycopg.Connection[Any], role: str, gucs: dict[
 
 
 def capture_session(alias: str) -> tuple[str, dict[str, str]]:
-    """The caller's current role and its session-level settings (pg_settings source 'session')."""
+    """The caller's current role and its session-level settings (pg_settings source 'session'),
+    plus its effective TimeZone: timestamps a job prints read as the launcher's would."""
     with connections[alias].cursor() as cursor:
         cursor.execute(_CAPTURE_SQL, [sorted(NOT_CARRIED)])
         role, settings = cursor.fetchone()

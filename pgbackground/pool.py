@@ -485,6 +485,7 @@ class Slot(threading.Thread):
             with self._lock:
                 self.current_job = None
         elapsed = time.monotonic() - t0
+        reset_sent = not outcome.connection_lost and self.executor.start_reset()
         self._record(job, outcome, reporter)
         _log_outcome(job, outcome, elapsed)
         job_finished.send(
@@ -496,10 +497,10 @@ class Slot(threading.Thread):
             sqlstate=outcome.failure.sqlstate if outcome.failure else None,
             duration=elapsed,
         )
-        if outcome.connection_lost:
-            self._close(self.job_conn)
+        if reset_sent:
+            self._finish_reset()
         else:
-            self._reset_job_connection()
+            self._close(self.job_conn)
 
     def _record(self, job: ClaimedJob, outcome: Outcome, reporter: _Reporter) -> None:
         """Write the outcome; retried on a new control connection until it is written (or the
@@ -569,10 +570,12 @@ class Slot(threading.Thread):
                 )
                 self.pool.stopped.wait(delay)
 
-    def _reset_job_connection(self) -> None:
-        assert self.job_conn is not None
+    def _finish_reset(self) -> None:
+        """The job connection is clean again (DISCARD ALL: no settings, role, temp tables,
+        prepared statements, locks or LISTENs left by the job), or it is closed."""
+        assert self.executor is not None
         try:
-            self.job_conn.execute("DISCARD ALL")
+            self.executor.finish_reset()
         except psycopg.Error as exc:
             logger.warning(
                 "slot %d: could not reset the job connection (%s); reconnecting",
