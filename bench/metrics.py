@@ -484,6 +484,7 @@ def measure_cancel_progress(ctx: Context) -> list[Metric]:
     progress: list[float] = []
     cancel: list[float] = []
     cancel_only: list[float] = []
+    ids: list[int] = []
     try:
         listener.execute("LISTEN pgbackground_events")
         for i in range(warm + n):
@@ -505,14 +506,21 @@ def measure_cancel_progress(ctx: Context) -> list[Metric]:
                 progress.append(_ms(seen + ctx.clock_offset - float(p.message)))
                 cancel.append(_ms(t2 - t0))
                 cancel_only.append(_ms(t1 - t0))
+                ids.append(h.id)
     finally:
         listener.close()
+    # Server side: the cancel statement -> the outcome recorded by the worker.
+    (recorded_ms,) = ctx.direct.execute(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY"
+        " extract(epoch FROM finished_at - cancel_requested_at)) * 1000"
+        " FROM pgbackground_job WHERE id = ANY(%s)", [ids]).fetchone()  # type: ignore[misc]
     d_progress, d_cancel = _direct_cancel_progress(ctx, n)
     return [
         Metric("cancel_median_ms", "cancel() -> wait() returned, median", "ms",
                statistics.median(cancel), statistics.median(d_cancel),
                baseline_note="cancel_safe() of a direct pg_sleep until it errors",
                details={"pgbackground": _summary(cancel), "cancel_call": _summary(cancel_only),
+                        "median_cancel_statement_to_outcome_recorded_ms": recorded_ms,
                         "direct": _summary(d_cancel)}),
         Metric("progress_median_ms", "pgbackground_progress() -> h.progress(), median", "ms",
                statistics.median(progress), statistics.median(d_progress),
