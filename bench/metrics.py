@@ -317,13 +317,15 @@ def _one_big_result(ctx: Context, rows: int) -> dict[str, Any]:
     reset_peak_rss(me)
     direct_start = rss_mb(me)
     t0 = time.perf_counter()
-    data = ctx.direct.execute(query).fetchall()
+    cur = ctx.direct.execute(query)
+    direct_exec_s = time.perf_counter() - t0
+    data = cur.fetchall()
     direct_s = time.perf_counter() - t0
     direct_peak = peak_rss_mb(me)
     if len(data) != rows:
         raise BenchFailure(f"direct query returned {len(data)} rows, not {rows}")
     first, last = data[0], data[-1]
-    del data
+    del data, cur
     release_memory()
 
     launcher_start, worker_idle = rss_mb(me), rss_mb(worker)
@@ -351,6 +353,7 @@ def _one_big_result(ctx: Context, rows: int) -> dict[str, Any]:
     ).fetchone()  # type: ignore[misc]
     return {
         "direct_s": direct_s, "ours_s": ours_s,
+        "direct_execute_s": direct_exec_s, "direct_fetchall_s": direct_s - direct_exec_s,
         "launch_to_result_s": t_result - t0, "rows_load_s": ours_s - (t_result - t0),
         "job_queued_s": queued, "job_run_s": run,
         "direct_start_mb": direct_start, "direct_peak_mb": direct_peak,
