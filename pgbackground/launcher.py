@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import psycopg
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
 from psycopg import sql as pgsql
 from psycopg.types.json import Jsonb
 
@@ -217,35 +217,90 @@ def capture_session(alias: str) -> tuple[str, dict[str, str]]:
     return role, dict(settings or {})
 
 
-def _insert_sql(with_limit: bool) -> str:
-    limit = (
-        " WHERE (SELECT count(*) FROM pgbackground_job WHERE owner_id = %(owner)s"
-        " AND state IN ('queued', 'running')) < %(max)s"
-        if with_limit
-        else ""
-    )
+# The launcher's role and settings, captured by the statement that inserts the job (when it
+# runs on the caller's own connection).
+_CAPTURE_CTE = (
+    "s AS (SELECT current_user::text AS role, coalesce(jsonb_object_agg(name, setting)"
+    " FILTER (WHERE lower(name) <> ALL(%(not_carried)s)), '{}') AS gucs"
+    " FROM pg_settings WHERE source = 'session' OR name = 'TimeZone')"
+)
+
+
+def _insert_sql(*, with_limit: bool, capture: bool, own_commit: bool = False) -> str:
+    """INSERT the job and NOTIFY the pools; with ``capture``, read the role and settings of the
+    connection it runs on; with ``with_limit``, insert nothing if the owner is at MAX_WORKERS;
+    with ``own_commit`` (an autocommit statement on the caller's connection), commit it with
+    PGBACKGROUND["SYNCHRONOUS_COMMIT"] (set for this transaction only, after the capture)."""
+    conditions = []
+    if with_limit:
+        conditions.append(
+            "(SELECT count(*) FROM pgbackground_job WHERE owner_id = %(owner)s"
+            " AND state IN ('queued', 'running')) < %(max)s"
+        )
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    role, gucs = ("s.role", "s.gucs") if capture else ("%(role)s", "%(gucs)s")
     return (
-        f"WITH j AS (INSERT INTO pgbackground_job ({_INSERT_COLUMNS})"
-        " SELECT %(cookie)s, %(sql)s, %(label)s, %(owner)s, %(role)s, %(gucs)s, %(timeout)s,"
-        " %(max_result_bytes)s, %(ff)s, '[]'::jsonb"
-        f"{limit} RETURNING id)"
-        f" SELECT j.id, pg_notify('{QUEUE_CHANNEL}', j.id::text) FROM j"
+        "WITH "
+        + (_CAPTURE_CTE + ", " if capture else "")
+        + f"j AS (INSERT INTO pgbackground_job ({_INSERT_COLUMNS})"
+        " SELECT %(cookie)s, %(sql)s, %(label)s, %(owner)s,"
+        f" {role}, {gucs}, %(timeout)s, %(max_result_bytes)s, %(ff)s, '[]'::jsonb"
+        + (" FROM s" if capture else "")
+        + f"{where} RETURNING id)"
+        f" SELECT j.id, pg_notify('{QUEUE_CHANNEL}', j.id::text)"
+        + (", set_config('synchronous_commit', %(sync)s, true)" if own_commit else "")
+        + " FROM j"
     )
 
 
 _LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('pgbackground.owner:' || %s, 0))"
 
+# Errors on the caller's connection after which launch() takes the two-connection path instead:
+# its current role may not insert jobs (42501), or its search_path hides the table (42P01).
+_RETRY_ELSEWHERE = frozenset({"42501", "42P01"})
 
-def _insert(cursor: Any, params: dict[str, Any]) -> int | None:
-    """Run the insert on a DB-API cursor (psycopg's or Django's); the new id or None."""
+
+def _insert(
+    cursor: Any, params: dict[str, Any], *, capture: bool, own_commit: bool = False
+) -> int | None:
+    """Run the insert on a DB-API cursor (psycopg's or Django's) that is in a transaction if
+    there is an owner limit to check; the new id, or None when the owner is at the limit."""
     owner = params["owner"]
-    if owner is None:
-        cursor.execute(_insert_sql(False), params)
-    else:
+    if owner is not None:
         cursor.execute(_LOCK_SQL, [owner])
-        cursor.execute(_insert_sql(True), params)
+    sql = _insert_sql(with_limit=owner is not None, capture=capture, own_commit=own_commit)
+    cursor.execute(sql, params)
     row = cursor.fetchone()
     return None if row is None else int(row[0])
+
+
+def _insert_autonomously(params: dict[str, Any]) -> int | None:
+    """Insert on the launcher's own connection (commits whatever the caller's transaction
+    does); one round trip, the owner check included (pipeline)."""
+    conn = launcher_connection()
+    if params["owner"] is None:
+        return _insert(conn.cursor(), params, capture=False)
+    cursor = conn.cursor()
+    with conn.pipeline(), conn.transaction():
+        cursor.execute(_LOCK_SQL, [params["owner"]])
+        cursor.execute(_insert_sql(with_limit=True, capture=False), params)
+    row = cursor.fetchone()
+    return None if row is None else int(row[0])
+
+
+def _insert_inline(alias: str, params: dict[str, Any]) -> int | bool | None:
+    """Capture and insert in one statement on the caller's connection, when it is in autocommit
+    mode (the insert then commits on its own, as launch() requires). False: not possible here."""
+    wrapper = connections[alias]
+    if params["owner"] is not None or wrapper.in_atomic_block or not wrapper.get_autocommit():
+        return False
+    try:
+        with wrapper.cursor() as cursor:
+            return _insert(cursor, params, capture=True, own_commit=True)
+    except DatabaseError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) in _RETRY_ELSEWHERE:
+            return False
+        raise
 
 
 def launch(
@@ -273,11 +328,6 @@ def launch(
         raise TypeError("on_commit must be a bool")
 
     alias = models_alias()
-    role, settings = capture_session(alias)
-    if overrides:
-        check_gucs_with_server(launcher_connection(), role, overrides)
-        settings.update(overrides)
-
     cookie = new_cookie()
     params: dict[str, Any] = {
         "cookie": cookie,
@@ -285,27 +335,38 @@ def launch(
         "label": label,
         "owner": owner_pk,
         "max": int(app_settings.MAX_WORKERS),
-        "role": role,
-        "gucs": Jsonb(settings),
         "timeout": timeout_s,
         "max_result_bytes": limit_bytes,
         "ff": fire_and_forget,
+        "not_carried": sorted(NOT_CARRIED),
+        "sync": str(app_settings.SYNCHRONOUS_COMMIT),
     }
-    if on_commit:
-        with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
-            job_id = _insert(cursor, params)
-    else:
-        conn = launcher_connection()
-        if owner_pk is None:
-            job_id = _insert(conn.cursor(), params)
+    job_id: int | bool | None = False
+    if not overrides:
+        # The role and settings are read by the inserting statement itself when it can run on
+        # the caller's connection: in its transaction (on_commit), or when it is in autocommit.
+        if on_commit:
+            with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+                job_id = _insert(cursor, params, capture=True)
         else:
-            with conn.transaction():
-                job_id = _insert(conn.cursor(), params)
+            job_id = _insert_inline(alias, params)
+    if job_id is False:
+        role, settings = capture_session(alias)
+        if overrides:
+            check_gucs_with_server(launcher_connection(), role, overrides)
+            settings.update(overrides)
+        params["role"], params["gucs"] = role, Jsonb(settings)
+        if on_commit:
+            with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+                job_id = _insert(cursor, params, capture=False)
+        else:
+            job_id = _insert_autonomously(params)
     if job_id is None:
         raise TooManyJobs(
             f"owner already has {params['max']} queued or running jobs (MAX_WORKERS);"
             " wait for one to finish or cancel one (SQLSTATE 53400)"
         )
+    assert isinstance(job_id, int)
     handle = Handle(job_id, cookie)
     job_launched.send(
         sender=Handle, handle=handle, label=label, owner_id=owner_pk, on_commit=on_commit
