@@ -80,8 +80,9 @@ def decode_chunk(
             positions.byteswap()
         for i in positions:
             fields[i] = None
-    load = tx.load_sequence
-    return [load(fields[i : i + ncols]) for i in range(0, len(fields), ncols)]
+    # zip(*[it] * n) groups the flat fields into rows without a Python-level loop.
+    it = iter(fields)
+    return list(map(tx.load_sequence, zip(*[it] * ncols, strict=True)))
 
 
 def make_transformer(conn: psycopg.Connection[Any], columns: Sequence[Column]) -> TransformerT:
@@ -98,7 +99,7 @@ FETCH_CHUNKS_SQL = (
 
 
 def iter_rows(
-    conn: psycopg.Connection[Any], job_id: int, columns: Sequence[Column], batch: int = 8
+    conn: psycopg.Connection[Any], job_id: int, columns: Sequence[Column], batch: int = 2
 ) -> Iterator[list[tuple[Any, ...]]]:
     """Stream the stored rows of a job, a chunk at a time (memory stays bounded)."""
     tx = make_transformer(conn, columns)
@@ -163,30 +164,39 @@ class Result:
                 "the result rows were already streamed once; use Result.rows to keep them"
             )
         self._streamed = True
-        yield from self._stream()
+        for batch in self._batches():
+            yield from batch
 
     @property
     def rows(self) -> list[tuple[Any, ...]]:
         """All rows as a list of tuples (loaded on first access, then kept)."""
         if self._rows is None:
-            self._rows = list(iter(self))
+            if self._streamed:
+                from .exceptions import ResultConsumed
+
+                raise ResultConsumed("the result rows were already streamed once")
+            self._streamed = True
+            rows: list[tuple[Any, ...]] = []
+            for batch in self._batches():
+                rows.extend(batch)
+            self._rows = rows
         return self._rows
 
-    def _stream(self) -> Iterator[tuple[Any, ...]]:
+    def _batches(self) -> Iterator[list[tuple[Any, ...]]]:
+        """The rows, a stored chunk at a time."""
         from .db import launcher_connection
 
         if self._chunks is not None:
             if self.columns and self._chunks:
                 tx = make_transformer(launcher_connection(), self.columns)
                 for nrows, data, nulls in self._chunks:
-                    yield from decode_chunk(tx, len(self.columns), nrows, data, nulls)
+                    yield decode_chunk(tx, len(self.columns), nrows, data, nulls)
             return
         if not self.columns or not self._stored_rows:
             _drop_chunks(self.job_id)
             return
         conn = launcher_connection()
-        for batch in iter_rows(conn, self.job_id, self.columns):
-            yield from batch
+        yield from iter_rows(conn, self.job_id, self.columns)
         _drop_chunks(self.job_id)
 
 
