@@ -90,6 +90,8 @@ def parse_event(payload: str) -> dict[str, Any] | None:
         return None
     if "owner" in data:  # not sent by the core today; used when it is
         event["_owner"] = None if data["owner"] is None else int(data["owner"])
+    if isinstance(data.get("notices_count"), int):  # notices kept so far (a page shows new ones)
+        event["notices_count"] = data["notices_count"]
     return event
 
 

@@ -124,7 +124,8 @@ class JobAdmin(admin.ModelAdmin):
 
     class Media:
         css = {"all": ("pgbackground/admin/pgbackground.css",)}
-        js = ("pgbackground/admin/live.js",)
+        # The websocket client first; the admin's page logic (live.js of the admin) uses it.
+        js = ("pgbackground/live.js", "pgbackground/admin/live.js")
 
     # --- permissions -----------------------------------------------------------------------
 
@@ -235,17 +236,22 @@ class JobAdmin(admin.ModelAdmin):
     @admin.display(
         description=gettext_lazy("queue wait"), ordering=F("started_at") - F("created_at")
     )
-    def wait_column(self, job: Job) -> str:
-        return render.seconds(render.queue_wait(job))
+    def wait_column(self, job: Job) -> SafeString:
+        return format_html(
+            '<span data-pgb-field="queue_wait">{}</span>', render.seconds(render.queue_wait(job))
+        )
 
     @admin.display(description=gettext_lazy("rows"), ordering="row_count")
-    def rows_column(self, job: Job) -> str:
-        return "" if job.row_count is None else f"{job.row_count:,}"
+    def rows_column(self, job: Job) -> SafeString:
+        rows = "" if job.row_count is None else f"{job.row_count:,}"
+        return format_html('<span data-pgb-field="rows">{}</span>', rows)
 
     @admin.display(description=gettext_lazy("worker"))
-    def worker_column(self, job: Job) -> str:
+    def worker_column(self, job: Job) -> SafeString:
         w = job.worker if job.worker_id else None
-        return f"{w.hostname}:{w.pid}" if w else ""
+        return format_html(
+            '<span data-pgb-field="worker">{}</span>', f"{w.hostname}:{w.pid}" if w else ""
+        )
 
     # --- bulk actions ------------------------------------------------------------------------
 
@@ -364,6 +370,7 @@ class JobAdmin(admin.ModelAdmin):
             path("stats/", wrap(self.stats_view), name=f"{prefix}_stats"),
             path("states/", wrap(self.states_view), name=f"{prefix}_states"),
             path("<int:job_id>/state/", wrap(self.state_view), name=f"{prefix}_state"),
+            path("<int:job_id>/sections/", wrap(self.sections_view), name=f"{prefix}_sections"),
             path("<int:job_id>/csv/", wrap(self.csv_view), name=f"{prefix}_csv"),
             path("<int:job_id>/cancel/", wrap(self.cancel_view), name=f"{prefix}_cancel"),
             path("<int:job_id>/detach/", wrap(self.detach_view), name=f"{prefix}_detach"),
@@ -376,7 +383,11 @@ class JobAdmin(admin.ModelAdmin):
     ) -> HttpResponse:
         if not self.has_view_permission(request):
             raise PermissionDenied
-        context = {"title": _("Background jobs"), **views.nav_context(request, "jobs")}
+        context = {
+            "title": _("Background jobs"),
+            **views.nav_context(request, "jobs"),
+            "pgb_feed_ws": views.live_ws_path(),
+        }
         return super().changelist_view(request, {**context, **(extra_context or {})})
 
     def _job_or_404(self, request: HttpRequest, job_id: int) -> Job:
@@ -591,6 +602,11 @@ class JobAdmin(admin.ModelAdmin):
 
     def state_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
         return views.job_state_response(self, request, self._job_or_404(request, job_id))
+
+    def sections_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
+        job = self._job_or_404(request, job_id)
+        request.current_app = self.admin_site.name
+        return views.job_sections_response(self, request, job)
 
     def states_view(self, request: HttpRequest) -> HttpResponse:
         if not self.has_view_permission(request):

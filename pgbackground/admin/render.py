@@ -40,11 +40,9 @@ def state_badge(state: str, *, job_id: int | None = None, title: str = "") -> Sa
 
 
 def progress_bar(pct: float | None, message: str, state: str, *, wide: bool = False) -> SafeString:
-    """A bar for a job: its reported pct, indeterminate while running without one, full when
-    it completed, frozen where it stopped otherwise."""
-    shown = pct
-    if shown is None and state == "stopped":
-        shown = 100.0
+    """A bar for a job: its reported pct, indeterminate while running without one, full once it
+    completed (whatever it last reported), frozen where it stopped otherwise."""
+    shown = 100.0 if state == "stopped" else pct
     width = f"{max(0.0, min(100.0, shown)):.1f}" if shown is not None else "0"
     indeterminate = state == "running" and pct is None
     text = f"{shown:.0f}%" if shown is not None else ("…" if state == "running" else "")

@@ -1,5 +1,6 @@
-"""The admin's pages and data endpoints beyond Django's stock views: the job page's context,
-the live-state JSON (for polling now, websockets later), the CSV export and the stats dashboard.
+"""The admin's pages and data endpoints beyond Django's stock views: the job page's context and
+its server-rendered sections (re-fetched by the live page when the job changes state), the
+live-state JSON (the polling fallback of the websockets), the CSV export and the stats dashboard.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from django.db import connections
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import get_script_prefix, reverse
 from django.utils import timezone
+from django.utils.html import conditional_escape, format_html
+from django.utils.safestring import mark_safe
 from django.utils.translation import gettext as _
 
 from .. import sqlstates
@@ -22,6 +25,17 @@ from . import permissions, render, resultview, services
 
 SQL_DISPLAY_CHARS = 200_000
 MAX_POLL_IDS = 200
+
+# Parts of the job page that only the server renders, in page order; each lives in
+# ``job/_<name>.html`` inside ``<div id="pgb-slot-<name>">``, and the live page re-fetches those
+# that a state change, a cancel request or new notices affect (``<id>/sections/?slots=...``).
+JOB_PAGE_SLOTS = ("actions", "summary", "timeline", "error", "sql", "activity", "notices", "result")
+
+
+def live_ws_path(job_id: int | None = None) -> str:
+    """The websocket path of the job feed or of one job, below the site's script prefix."""
+    path = f"{get_script_prefix()}ws/pgbackground/jobs/"
+    return path if job_id is None else f"{path}{int(job_id)}/"
 
 
 # --- shared context ----------------------------------------------------------------------------
@@ -104,7 +118,16 @@ def _timeline(job: Any) -> list[dict[str, Any]]:
                 "key": "now",
                 "label": _("Running"),
                 "at": None,
-                "delta": _("for %(t)s") % {"t": render.seconds(render.run_time(job))},
+                # The run time ticks in the page (live.js updates data-pgb-field="duration").
+                "delta": mark_safe(  # noqa: S308 - the translation is escaped, the time is HTML
+                    conditional_escape(_("for %(t)s"))
+                    % {
+                        "t": format_html(
+                            '<span data-pgb-field="duration">{}</span>',
+                            render.seconds(render.run_time(job)),
+                        )
+                    }
+                ),
             }
         )
     return steps
@@ -200,6 +223,8 @@ def job_page_context(model_admin: Any, request: HttpRequest, job: Any) -> dict[s
         "is_active": job.state in ("queued", "running"),
         "show_progress": job.progress_pct is not None
         or job.state in ("queued", "running", "stopped"),
+        "notices_count": len(job.notices or []) + int(job.notices_dropped),
+        "ws_path": live_ws_path(job.pk),
         "can_act": can_act,
         "can_cancel": can_act and job.state in ("queued", "running"),
         "can_detach": can_act
@@ -211,6 +236,7 @@ def job_page_context(model_admin: Any, request: HttpRequest, job: Any) -> dict[s
         "can_relaunch": model_admin.has_relaunch_permission(request),
         "urls": {
             "state": reverse(f"{prefix}_state", args=[job.pk]),
+            "sections": reverse(f"{prefix}_sections", args=[job.pk]),
             "csv": reverse(f"{prefix}_csv", args=[job.pk]),
             "cancel": reverse(f"{prefix}_cancel", args=[job.pk]),
             "detach": reverse(f"{prefix}_detach", args=[job.pk]),
@@ -234,7 +260,9 @@ def job_state(job: Any) -> dict[str, Any]:
     message) plus timings and counters; what ``live.js`` applies to the page."""
     run = render.run_time(job)
     wait = render.queue_wait(job)
-    notices = job.notices if "notices" in job.__dict__ else None
+    loaded = job.__dict__  # what the query read (the list's polling defers the big columns)
+    notices = job.notices if "notices" in loaded else None
+    worker = job.worker if loaded.get("worker_id") else None
     return {
         "id": job.pk,
         "state": job.state,
@@ -242,11 +270,12 @@ def job_state(job: Any) -> dict[str, Any]:
         "terminal": job.state in services.FINISHED,
         "pct": job.progress_pct,
         "message": job.progress_message,
-        "progress_at": _iso(job.progress_at) if "progress_at" in job.__dict__ else None,
+        "progress_at": _iso(job.progress_at) if "progress_at" in loaded else None,
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),
         "run_seconds": run,
+        "duration": None if run is None else round(run, 3),  # as in the websocket messages
         "wait_seconds": wait,
         "run_time": render.seconds(run),
         "queue_wait": render.seconds(wait),
@@ -255,9 +284,13 @@ def job_state(job: Any) -> dict[str, Any]:
         "command_tag": job.command_tag,
         "error_sqlstate": job.error_sqlstate or None,
         "error_condition": sqlstates.condition_name(job.error_sqlstate) or None,
+        "error": {"sqlstate": job.error_sqlstate, "message": job.error_message[:500]}
+        if job.error_sqlstate and "error_message" in loaded
+        else None,
+        "worker": f"{worker.hostname}:{worker.pid}" if worker else "",
         "cancel_requested": job.cancel_requested_at is not None,
         "detached": job.detached,
-        "seq": job.event_seq if "event_seq" in job.__dict__ else None,
+        "seq": job.event_seq if "event_seq" in loaded else None,
     }
 
 
@@ -289,9 +322,13 @@ _STATE_FIELDS = (
     "row_count",
     "command_tag",
     "error_sqlstate",
+    "error_message",
     "cancel_requested_at",
     "detached",
     "event_seq",
+    "worker",
+    "worker__hostname",
+    "worker__pid",
 )
 
 
@@ -299,9 +336,31 @@ def job_states_response(model_admin: Any, request: HttpRequest) -> HttpResponse:
     """``?ids=1,2,3``: the states of those jobs the user may see (others are left out)."""
     raw = request.GET.get("ids", "")
     ids = [int(p) for p in raw.split(",") if p.strip().isdigit()][:MAX_POLL_IDS]
-    jobs = model_admin.get_queryset(request).filter(pk__in=ids).only(*_STATE_FIELDS)
+    jobs = (
+        model_admin.get_queryset(request)
+        .filter(pk__in=ids)
+        .select_related("worker")
+        .only(*_STATE_FIELDS)
+    )
     return JsonResponse(
         {"jobs": [job_state(j) for j in jobs]}, headers={"Cache-Control": "no-store"}
+    )
+
+
+def job_sections_response(model_admin: Any, request: HttpRequest, job: Any) -> HttpResponse:
+    """``?slots=a,b``: those server-rendered parts of the job page (all when omitted), each in a
+    ``<div data-pgb-slot="name">`` that the live page swaps into its own slot."""
+    asked = [s for s in request.GET.get("slots", "").split(",") if s in JOB_PAGE_SLOTS]
+    names = [s for s in JOB_PAGE_SLOTS if s in asked] or list(JOB_PAGE_SLOTS)
+    context = {
+        **job_page_context(model_admin, request, job),
+        "slots": [(n, f"admin/pgbackground/job/_{n}.html") for n in names],
+    }
+    return TemplateResponse(
+        request,
+        "admin/pgbackground/job/sections.html",
+        context,
+        headers={"Cache-Control": "no-store"},
     )
 
 

@@ -1,10 +1,20 @@
 """Real-browser tests: Playwright's sync API driving Debian's Chromium (/usr/bin/chromium,
-installed by ``apt-get install chromium``; no browser download) against pytest-django's live
-server and a real pool. Screenshots of every screen go to tests/artifacts/ (git-ignored)."""
+installed by ``apt-get install chromium``, which scripts/test.sh does; no browser download).
+Screenshots of every screen go to tests/artifacts/ (git-ignored).
+
+A missing Chromium fails these tests with a message saying how to install it: a browser suite
+that skips itself would let a broken page pass CI unnoticed.
+
+Playwright runs one module at a time (``browser`` is module-scoped, not pytest-playwright's
+session-wide one): its sync API keeps an asyncio loop marked as running in this thread while it
+is started, which would break every later test that uses ``async_to_sync`` (the consumer tests)
+or starts Playwright itself (the demo page tests).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,43 +25,49 @@ import pytest
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+VIEWPORT = {"width": 1680, "height": 900}
+# Django's navigation sidebar collapsed (as an operator with a wide list would have it; Django
+# remembers the choice in localStorage).
+COLLAPSED_SIDEBAR = "window.localStorage.setItem('django.admin.navSidebarIsOpen', 'false');"
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "browser: drives a real Chromium through Playwright")
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def require_chromium() -> None:
     if not Path(CHROMIUM).exists():
-        skip = pytest.mark.skip(reason=f"{CHROMIUM} missing: apt-get install -y chromium")
-        for item in items:
-            if "browser" in item.keywords:
-                item.add_marker(skip)
+        pytest.fail(
+            f"{CHROMIUM} is missing: the browser tests need Debian's Chromium"
+            " (apt-get install -y chromium; scripts/test.sh installs it)",
+            pytrace=False,
+        )
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
-    return {
-        **browser_type_launch_args,
-        "executable_path": CHROMIUM,
-        "headless": True,
-        "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-    }
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Chromium for the tests of one module (stopped, with Playwright, after the module)."""
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
 
 
-@pytest.fixture(scope="session")
-def browser_context_args(browser_context_args: dict[str, Any]) -> dict[str, Any]:
-    return {**browser_context_args, "viewport": {"width": 1680, "height": 900}}
+@pytest.fixture
+def context(browser: Any) -> Iterator[Any]:
+    ctx = browser.new_context(viewport=VIEWPORT)
+    ctx.add_init_script(COLLAPSED_SIDEBAR)
+    yield ctx
+    ctx.close()
 
 
 @pytest.fixture
 def page(context: Any) -> Any:
-    """A page with Django's navigation sidebar collapsed (as an operator with a wide list would
-    have it; Django remembers the choice in localStorage)."""
-    context.add_init_script(
-        "window.localStorage.setItem('django.admin.navSidebarIsOpen', 'false');"
-    )
     return context.new_page()
 
 

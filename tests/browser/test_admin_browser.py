@@ -58,7 +58,7 @@ def test_launch_from_the_form_and_watch_it_finish(
     shot(page, "launch-form")
     page.click("#pgb-launch")
     job_id = int(page.locator("#pgb-job").get_attribute("data-pgb-job-id") or 0)
-    # The page follows the job live and reloads itself once it finished.
+    # The page follows the job live and shows its result once it finished (no reload).
     expect(page.locator("h1 .pgb-state-stopped")).to_be_visible(timeout=TIMEOUT)
     expect(page.locator("#pgb-result-table tbody tr")).to_have_count(40, timeout=TIMEOUT)
     expect(page.locator("#pgb-result-table thead")).to_contain_text("integer")

@@ -13,7 +13,9 @@
  *     pollInterval: 2000,            // ms
  *     ids: () => [12, 13],           // feed only: jobs shown, re-read on (re)connect and polled
  *     onMessage(job, raw) {},        // job: the merged state of the job (all keys seen so far)
- *     onMode(mode) {},               // "connecting" | "live" | "polling" | "denied" | "closed"
+ *     onMode(mode) {},               // "connecting" | "live" | "polling" | "offline" | "denied"
+ *                                    // | "closed"; "offline": the socket is down and the last
+ *                                    // poll failed too (network, server error)
  *   });
  *   live.close();
  *
@@ -88,7 +90,7 @@
 
     function openSocket() {
       if (closed) return;
-      setMode(mode === "polling" ? "polling" : "connecting");
+      if (mode !== "polling" && mode !== "offline") setMode("connecting");
       var opened = false;
       try {
         ws = new WebSocket(wsUrl(options.ws));
@@ -120,6 +122,7 @@
           return;
         }
         if (!opened || ev.code !== 1000) startPolling();
+        if (!options.poll) setMode("offline");
         scheduleReconnect();
       };
     }
@@ -136,8 +139,13 @@
 
     function poll() {
       if (closed || !options.poll) return;
+      var next = function () {
+        if (pollTimer !== null && !closed) pollTimer = setTimeout(poll, pollInterval);
+      };
       var url = options.poll;
       var shown = ids();
+      // A feed with nothing to follow on the page has nothing to ask for.
+      if (options.ids && !shown.length) { next(); return; }
       if (shown.length) url += (url.indexOf("?") < 0 ? "?" : "&") + "ids=" + shown.join(",");
       fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
         .then(function (r) {
@@ -146,18 +154,24 @@
             setMode("denied");
             return null;
           }
-          return r.ok ? r.json() : null;
+          if (!r.ok) throw new Error("HTTP " + r.status);
+          return r.json();
         })
-        .then(function (data) { if (data) asList(data).forEach(handle); })
-        .catch(function () { /* try again at the next tick */ })
-        .then(function () {
-          if (pollTimer !== null && !closed) pollTimer = setTimeout(poll, pollInterval);
-        });
+        .then(function (data) {
+          if (!data || closed) return;
+          if (pollTimer !== null) setMode("polling");
+          asList(data).forEach(handle);
+        })
+        .catch(function () {
+          // Neither the socket nor the JSON answers: say so, and try again at the next tick.
+          if (pollTimer !== null && !closed) setMode("offline");
+        })
+        .then(next);
     }
 
     function startPolling() {
       if (!options.poll || pollTimer !== null || closed) return;
-      setMode("polling");
+      if (mode !== "offline") setMode("polling");
       pollTimer = 0;
       poll();
     }
