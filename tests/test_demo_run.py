@@ -129,6 +129,7 @@ class Demo:
     def wait_ready(self) -> tuple[str, str, str]:
         """URL, admin password and database URL from the banner."""
         url = self.expect(r"pgbackground demo is running: (http://\S+)").group(1)
+        self.reports_url = self.expect(r"reports:\s+(http://\S+)").group(1)
         password = self.expect(r"log in as: admin / (\S+)").group(1)
         db = self.expect(r"database:  (\S+)").group(1)
         return url, password, db
@@ -257,6 +258,7 @@ def test_embedded_postgres_start_login_job_and_stop(start_demo: type[Demo]) -> N
         again = start_demo(env={"PGBACKGROUND_DEMO_DATA": str(data)})
         url2, password2, db_url2 = again.wait_ready()
         assert "creating a PostgreSQL" not in again.output
+        assert "seeded" in demo.output and "seeded" not in again.output  # kept, not redone
         assert password2 != password
         assert db_url2 == db_url
         assert "Site administration" in admin_login(url2, password2)
@@ -276,6 +278,13 @@ def test_database_url_starts_no_server(start_demo: type[Demo], fresh_database_ur
     url, password, db_url = demo.wait_ready()
     assert "no server started" in demo.output
     assert db_url == fresh_database_url
+    # The reports page (the site's root) next to the admin, its sales table seeded once.
+    assert demo.reports_url == urllib.parse.urljoin(url, "/")
+    with urllib.request.urlopen(demo.reports_url, timeout=30) as resp:
+        assert urllib.parse.urlparse(resp.geturl()).path == "/login/"  # log in first
+    assert "demo_sale seeded with 200000 sales" in demo.output
+    with psycopg.connect(fresh_database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM demo_sale").fetchone() == (200_000,)
     assert "Site administration" in admin_login(url, password)
     assert "ROWS [(42,)]" in run_job(fresh_database_url)
 
