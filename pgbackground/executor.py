@@ -459,7 +459,13 @@ class Executor:
                     " The statements finished before the cancel arrived:"
                     " their effects were committed."
                 )
-        elif failure is not None and failure.sqlstate == "57014" and cancel_sent:
+        elif (
+            failure is not None
+            and failure.sqlstate == "57014"
+            and (cancel_sent or self._cancel_was_requested(job.id))
+        ):
+            # Canceled by us (timeout, shutdown, a cancel relayed by the pool), or by cancel()
+            # itself, which signals the backend directly when it has no grace.
             if cancel_sent == CancelReason.TIMEOUT:
                 out.state = "error"
                 failure.message = f"canceling job due to timeout ({_fmt_seconds(job.timeout)})"
@@ -479,6 +485,20 @@ class Executor:
             out.result_set, out.result_rows, out.result_bytes = -1, None, 0
         elif held is not None:
             out.tail, out.tail_seq = held, held_seq
+
+    def _cancel_was_requested(self, job_id: int) -> bool:
+        """Did cancel() ask for this job's end? (Else a 57014 is the SQL's own, e.g. its
+        statement_timeout, or a DBA's pg_cancel_backend: an error, not a cancel.)"""
+        if self.control_state.cancel_reason is not None:
+            return True
+        try:
+            row = self.control.execute(
+                "SELECT cancel_requested_at IS NOT NULL FROM pgbackground_job WHERE id = %s",
+                [job_id],
+            ).fetchone()
+        except psycopg.Error:
+            return False
+        return bool(row and row[0])
 
     # --- reset, overlapped with recording the outcome ----------------------------------------
 

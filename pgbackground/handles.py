@@ -145,13 +145,23 @@ WITH j AS (
         event_seq = event_seq + 1
     WHERE id = ANY(%(ids)s) AND (%(cookie)s::bigint IS NULL OR cookie = %(cookie)s)
       AND state IN ('queued', 'running')
-    RETURNING {EVENT_COLUMNS}, cancel_deadline
+    RETURNING {EVENT_COLUMNS}, cancel_deadline, backend_pid
 )
 SELECT j.id, j.state, {PUBLISH_EXPRS},
        CASE WHEN j.state = 'running' THEN pg_notify('{CANCEL_CHANNEL}', json_build_object(
            'id', j.id,
            'grace', greatest(0, extract(epoch FROM j.cancel_deadline - clock_timestamp())))::text)
-       END
+       END,
+       -- Without grace, cancel the job's statement right here when this login may signal its
+       -- backend: the row lock held by this statement keeps the job on that backend.
+       CASE WHEN j.state = 'running' AND %(grace)s = 0 AND EXISTS (
+           SELECT 1 FROM pg_stat_activity a
+           WHERE a.pid = j.backend_pid AND a.datname = current_database()
+             AND a.application_name LIKE 'pgbackground w%%'
+             AND (pg_has_role(a.usesysid, 'MEMBER') OR pg_has_role('pg_signal_backend', 'MEMBER'))
+             AND (SELECT rolsuper FROM pg_roles WHERE oid = a.usesysid)
+                 <= (SELECT rolsuper FROM pg_roles WHERE rolname = current_user))
+       THEN pg_cancel_backend(j.backend_pid) END
 FROM j
 """
 

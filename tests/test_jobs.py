@@ -479,3 +479,24 @@ def test_job_records_where_and_how_it_ran(pool):
     assert h.result().rows == [(job.backend_pid,)]
     assert job.created_at <= job.started_at <= job.finished_at
     assert job.duration is not None and job.duration >= 0
+
+
+def test_the_jobs_own_statement_timeout_is_an_error_not_a_cancel(pool):
+    h = run("SET statement_timeout = '50ms'; SELECT pg_sleep(5)")
+    assert h.state == "error"
+    err = h.error_info()
+    assert err.sqlstate == "57014"
+    assert "statement timeout" in err.message
+
+
+def test_jobs_carry_the_launchers_time_zone(pool):
+    with connection.cursor() as c:
+        c.execute("SET TimeZone = 'Asia/Tokyo'")
+    try:
+        h = run("SELECT current_setting('TimeZone')")
+    finally:
+        with connection.cursor() as c:
+            c.execute("RESET ALL")
+    assert h.result().rows == [("Asia/Tokyo",)]
+    expected = sql("SELECT current_setting('TimeZone')")
+    assert run("SELECT current_setting('TimeZone')").result().rows == expected
