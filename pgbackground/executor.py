@@ -493,7 +493,10 @@ class Executor:
             return True
         try:
             row = self.control.execute(
-                "SELECT cancel_requested_at IS NOT NULL FROM pgbackground_job WHERE id = %s",
+                # FOR SHARE waits for a cancel() still in flight (it holds the row lock while it
+                # signals the backend) and then reads what it committed.
+                "SELECT cancel_requested_at IS NOT NULL FROM pgbackground_job WHERE id = %s"
+                " FOR SHARE",
                 [job_id],
             ).fetchone()
         except psycopg.Error:

@@ -46,6 +46,7 @@ WITH j AS (
 SELECT j.id, j.cookie, j.sql, j.label, j.owner_id, j.role, j.gucs, j.timeout,
        j.max_result_bytes, j.fire_and_forget,
        extract(epoch FROM j.cancel_deadline - clock_timestamp()),
+       EXISTS (SELECT 1 FROM pgbackground_job q WHERE q.state = 'queued' AND q.id > j.id),
        {PUBLISH_EXPRS}
 FROM j
 """
@@ -140,7 +141,7 @@ class Pool:
         self.draining = threading.Event()  # stop claiming
         self.stopped = threading.Event()  # stop everything
         self._work = threading.Condition()
-        self._work_pending = True
+        self._tokens = 0
         self.slots: list[Slot] = []
         self._listener: threading.Thread | None = None
         self.heartbeat_interval = float(app_settings.HEARTBEAT_INTERVAL)
@@ -225,21 +226,28 @@ class Pool:
 
     # --- work signalling -----------------------------------------------------------------------
 
+    # A slot that finished a job claims again at once only if the claim said more jobs were
+    # queued; otherwise it sleeps until a queue notification hands it a token (one per NOTIFY),
+    # or POLL_INTERVAL passes. So an idle queue costs no empty claims after each job.
+
     def wake_one(self) -> None:
+        """A job was queued: one token, one slot woken."""
         with self._work:
-            self._work_pending = True
+            self._tokens += 1
             self._work.notify()
 
     def wake_all(self) -> None:
+        """Jobs may have been queued unseen (start, reconnect, shutdown): every slot looks."""
         with self._work:
-            self._work_pending = True
+            self._tokens = max(self._tokens, self.concurrency)
             self._work.notify_all()
 
     def wait_for_work(self, timeout: float) -> None:
         with self._work:
-            if not self._work_pending and not self.draining.is_set():
+            if not self._tokens and not self.draining.is_set():
                 self._work.wait(timeout)
-            self._work_pending = False
+            if self._tokens:
+                self._tokens -= 1
 
     # --- the listener thread -------------------------------------------------------------------
 
@@ -307,8 +315,6 @@ class Pool:
         recover_lost_workers(conn)
         terminate_orphan_backends(conn)
         self._dispatch_pending_cancels(conn)
-        if not self.draining.is_set():
-            self.wake_one()  # the slow poll: a safety net under NOTIFY
 
     def _dispatch_cancel(self, payload: str) -> None:
         try:
@@ -400,16 +406,20 @@ class Slot(threading.Thread):
     def run(self) -> None:
         pool = self.pool
         backoff = Backoff()
+        more = True  # look at the queue once on start
         while not pool.draining.is_set():
             try:
+                if not more:
+                    pool.wait_for_work(pool.poll_interval)
+                    if pool.draining.is_set():
+                        break
                 self._connect()
                 backoff.reset()
-                job = self._claim()
-                if job is None:
-                    pool.wait_for_work(pool.poll_interval)
-                    continue
-                self._run(job)
+                job, more = self._claim()
+                if job is not None:
+                    self._run(job)
             except psycopg.OperationalError as exc:
+                more = True  # look at the queue as soon as we are back
                 delay = backoff.next()
                 logger.warning(
                     "slot %d: database connection lost (%s); reconnecting in %.1f s",
@@ -421,6 +431,7 @@ class Slot(threading.Thread):
                 self._close(self.job_conn)
                 pool.stopped.wait(delay) if pool.draining.is_set() else pool.draining.wait(delay)
             except Exception:
+                more = True
                 logger.exception("slot %d: unexpected error", self.number)
                 self._close(self.control)
                 self._close(self.job_conn)
@@ -430,13 +441,14 @@ class Slot(threading.Thread):
         if self.executor is not None:
             self.executor.close()
 
-    def _claim(self) -> ClaimedJob | None:
+    def _claim(self) -> tuple[ClaimedJob | None, bool]:
+        """The oldest queued job, now ours, and whether more were queued behind it."""
         assert self.control is not None and self.job_conn is not None
         row = self.control.execute(
             _CLAIM_SQL, {"worker": self.pool.worker_id, "pid": self.job_conn.info.backend_pid}
         ).fetchone()
         if row is None:
-            return None
+            return None, False
         (
             job_id,
             cookie,
@@ -449,9 +461,10 @@ class Slot(threading.Thread):
             max_bytes,
             ff,
             cancel_in,
+            more,
             *_,
         ) = row
-        return ClaimedJob(
+        job = ClaimedJob(
             id=job_id,
             cookie=cookie,
             sql=sql,
@@ -464,6 +477,7 @@ class Slot(threading.Thread):
             fire_and_forget=ff,
             cancel_grace=None if cancel_in is None else max(0.0, float(cancel_in)),
         )
+        return job, bool(more)
 
     def _run(self, job: ClaimedJob) -> None:
         assert self.executor is not None
