@@ -217,7 +217,8 @@ def off_loop(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 def browser_page(demo_user: tuple[str, str]) -> Iterator[Any]:
     """A chromium page (Debian's build); the database is prepared before Playwright starts."""
     if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
+        pytest.fail(f"{CHROMIUM} is missing: the browser tests need Debian's Chromium"
+                    " (apt-get install -y chromium; scripts/test.sh installs it)", pytrace=False)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

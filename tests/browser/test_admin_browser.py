@@ -149,7 +149,6 @@ def test_open_an_error_jobs_details(live_server, pool, admin_user, page, shot):
 
 @pytest.mark.django_db(transaction=True)
 def test_banner_when_no_worker_is_alive(live_server, admin_user, page, shot):
-    pytest.importorskip("playwright")
     pgb.launch("SELECT 1", label="waits forever", owner=admin_user)
     login(page, live_server.url)
     expect(page.locator("#pgb-no-worker-banner")).to_contain_text("No live worker")
