@@ -115,7 +115,7 @@ _ERROR_COLUMNS = "error_sqlstate, error_message, error_detail, error_hint, error
 # chunks deleted as they are returned. One row per chunk (or one row with NULL chunk columns).
 _CONSUME_SQL = """
 WITH c AS (
-    UPDATE pgbackground_job SET consumed = true
+    UPDATE pgbackground_job SET consumed = true, consumed_at = clock_timestamp()
     WHERE id = %(id)s AND cookie = %(cookie)s AND state = 'stopped'
       AND NOT consumed AND NOT detached AND NOT fire_and_forget
     RETURNING id, command_tag, row_count, result_columns, coalesce(result_rows, 0) AS n,

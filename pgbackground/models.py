@@ -85,6 +85,7 @@ class Job(models.Model):
     # Handle bookkeeping.
     detached = models.BooleanField(_("detached"), default=False, db_default=False)
     consumed = models.BooleanField(_("result consumed"), default=False, db_default=False)
+    consumed_at = models.DateTimeField(_("result consumed at"), null=True, blank=True)
     cancel_requested_at = models.DateTimeField(_("cancel requested"), null=True, blank=True)
     cancel_deadline = models.DateTimeField(_("cancel deadline"), null=True, blank=True)
 

@@ -25,7 +25,7 @@ from .db import launcher_connection
 DEFAULT_BATCH_SIZE = 10_000
 # Jobs whose stored results are dropped per statement (one job's result can be many 1 MB chunks).
 RESULT_BATCH_JOBS = 100
-# Chunks of a consumed result stay this long after the job finished: ``Result`` streams them
+# Chunks of a consumed result stay this long after result() consumed it: ``Result`` streams them
 # after ``result()`` marked the job consumed, and deletes them itself once read to the end.
 CONSUMED_RESULT_GRACE = timedelta(hours=1)
 
@@ -198,7 +198,7 @@ _RESULT_TARGETS = f"""
     WHERE j.state IN {_FINISHED} AND j.id > %(after)s
       AND ((%(cutoff)s::timestamptz IS NOT NULL AND j.finished_at < %(cutoff)s)
            OR j.detached OR j.fire_and_forget
-           OR (j.consumed AND j.finished_at < %(consumed_cutoff)s))
+           OR (j.consumed AND coalesce(j.consumed_at, j.finished_at) < %(consumed_cutoff)s))
       -- jobs the job purge deletes anyway (it drops their chunks with them)
       AND NOT (%(job_cutoff)s::timestamptz IS NOT NULL AND j.finished_at < %(job_cutoff)s)
       AND EXISTS (SELECT 1 FROM pgbackground_jobresultchunk c WHERE c.job_id = j.id)

@@ -196,8 +196,18 @@ class Result:
             _drop_chunks(self.job_id)
             return
         conn = launcher_connection()
-        yield from iter_rows(conn, self.job_id, self.columns)
+        seen = 0
+        for batch in iter_rows(conn, self.job_id, self.columns):
+            seen += len(batch)
+            yield batch
         _drop_chunks(self.job_id)
+        if seen != self._stored_rows:
+            from .exceptions import ResultConsumed
+
+            raise ResultConsumed(
+                f"only {seen} of the result's {self._stored_rows} rows were left to read:"
+                " the rest was purged (RESULT_RETENTION) while it was being read"
+            )
 
 
 def _drop_chunks(job_id: int) -> None:

@@ -513,14 +513,11 @@ def test_purge_command_never_touches_running_or_queued_jobs(pool) -> None:
     out, _err = run("cancel", *(str(h.id) for h in sleepers), WAIT)
     assert f"{sleepers[2].id}: canceled (it had not started)" in out
     for h in sleepers:
-        assert h.error_info().sqlstate == "57014"  # (their state: see the test below)
+        assert h.state == "canceled"
+        assert h.error_info().sqlstate == "57014"
 
 
 @pytest.mark.pool
-@pytest.mark.xfail(strict=False, reason=(
-    "core race: cancel_ids() signals the backends (pg_cancel_backend) inside its UPDATE, before"
-    " it commits; the executor's _cancel_was_requested() reads cancel_requested_at without"
-    " waiting for that row lock, sees NULL and records 'error' instead of 'canceled'"))
 def test_cancel_two_running_jobs_at_once(pool) -> None:
     sleepers = [pgb.launch("SELECT pg_sleep(120)") for _ in range(2)]
     wait_for_states([h.id for h in sleepers], {"running"})
