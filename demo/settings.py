@@ -61,6 +61,11 @@ TEMPLATES = [
 DATABASES = {
     "default": env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/pgbackground"),
 }
+# Optional: a separate (low-privilege) login for the jobs' SQL, e.g.
+# JOBS_DATABASE_URL=postgres://pgb_runner@127.0.0.1:5432/pgbackground
+if env.str("JOBS_DATABASE_URL", default=""):
+    DATABASES["jobs"] = env.db("JOBS_DATABASE_URL")
+    DATABASES["jobs"]["TEST"] = {"MIRROR": "default"}
 # A fixed test database name keeps pytest-django and ChannelsLiveServerTestCase in agreement.
 DATABASES["default"].setdefault("TEST", {})["NAME"] = env.str(
     "TEST_DATABASE_NAME", default="test_pgbackground"
@@ -86,6 +91,9 @@ PGBACKGROUND = {
     "HEARTBEAT_INTERVAL": env.float("PGBACKGROUND_HEARTBEAT_INTERVAL", default=2.0),
     "WORKER_LOST_AFTER": env.float("PGBACKGROUND_WORKER_LOST_AFTER", default=10.0),
     "POLL_INTERVAL": env.float("PGBACKGROUND_POLL_INTERVAL", default=5.0),
+    "DATABASE": "jobs" if "jobs" in DATABASES else "default",
+    "REDACT_SQL": env.bool("PGBACKGROUND_REDACT_SQL", default=False),
+    "STORE_RESULTS": env.bool("PGBACKGROUND_STORE_RESULTS", default=True),
 }
 
 LOGGING = {

@@ -32,6 +32,11 @@ DEFAULTS: dict[str, Any] = {
     # saves a WAL flush per write; a PostgreSQL *crash* (not a clean restart) may then lose the
     # last fraction of a second of them. The jobs' own SQL always commits as the server says.
     "SYNCHRONOUS_COMMIT": "off",
+    # Replace a job's SQL text by a placeholder once it has run (SQL can hold secrets).
+    "REDACT_SQL": False,
+    # Keep result rows for result(); off: every job is fire-and-forget (state, errors and
+    # notices are still kept).
+    "STORE_RESULTS": True,
     # Notices kept per job (VACUUM VERBOSE is chatty); the rest are counted, not kept.
     "MAX_NOTICES": 1000,
 }

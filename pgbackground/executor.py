@@ -253,6 +253,14 @@ class Executor:
             outcome.connection_lost = self.conn.broken or self.conn.closed
             if outcome.failure.context == "":
                 outcome.failure.context = "while applying the job's role and settings"
+            if exc.sqlstate == "42501" and "role" in outcome.failure.message and not (
+                outcome.failure.hint
+            ):
+                outcome.failure.hint = (
+                    f"Jobs run as the launcher's role ({job.role}); the login of the"
+                    " PGBACKGROUND['DATABASE'] alias must be a member of it:"
+                    f" GRANT {job.role} TO {self._session_user or 'that_login'}."
+                )
             return outcome, self.reporter
 
         self._execute(job, outcome)

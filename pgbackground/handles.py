@@ -289,7 +289,8 @@ class Handle:
         )
         if detached or ff:
             raise JobDetached(
-                "job was submitted fire-and-forget: it keeps no result"
+                "job keeps no result rows (submitted fire-and-forget, or"
+                " PGBACKGROUND['STORE_RESULTS'] is off)"
                 if ff
                 else "job is detached: its result was dropped"
             )

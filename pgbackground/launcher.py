@@ -337,7 +337,7 @@ def launch(
         "max": int(app_settings.MAX_WORKERS),
         "timeout": timeout_s,
         "max_result_bytes": limit_bytes,
-        "ff": fire_and_forget,
+        "ff": fire_and_forget or not app_settings.STORE_RESULTS,
         "not_carried": sorted(NOT_CARRIED),
         "sync": str(app_settings.SYNCHRONOUS_COMMIT),
     }

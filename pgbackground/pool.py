@@ -55,6 +55,10 @@ _RECORD_SQL = f"""
 WITH j AS (
     UPDATE pgbackground_job SET
         state = %(state)s, finished_at = clock_timestamp(),
+        sql = CASE WHEN %(redact)s
+                   THEN '-- SQL redacted after the run (PGBACKGROUND["REDACT_SQL"]): '
+                        || length(sql) || ' characters'
+                   ELSE sql END,
         command_tag = %(tag)s, row_count = %(row_count)s,
         result_columns = CASE WHEN %(keep_set)s >= 0 THEN (
             SELECT jsonb_agg(jsonb_build_array(n, format_type(o, m), o) ORDER BY i)
@@ -543,6 +547,7 @@ class Slot(threading.Thread):
             "pmessage": reporter.message,
             "notices": Jsonb(reporter.notices),
             "dropped": reporter.dropped,
+            "redact": bool(app_settings.REDACT_SQL),
             "tail_seq": outcome.tail_seq,
             "tail_nrows": outcome.tail.nrows if outcome.tail else None,
             "tail_data": outcome.tail.data if outcome.tail else None,

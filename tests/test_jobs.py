@@ -500,3 +500,24 @@ def test_jobs_carry_the_launchers_time_zone(pool):
     assert h.result().rows == [("Asia/Tokyo",)]
     expected = sql("SELECT current_setting('TimeZone')")
     assert run("SELECT current_setting('TimeZone')").result().rows == expected
+
+
+def test_redact_sql_replaces_the_sql_once_the_job_ran(start_pool):
+    start_pool("--concurrency", "1", env={"PGBACKGROUND_REDACT_SQL": "true"})
+    h = run("SELECT 'secret' AS password")
+    assert h.result().rows == [("secret",)]
+    job = h.job()
+    assert "secret" not in job.sql
+    assert job.sql.startswith("-- SQL redacted after the run")
+
+
+def test_store_results_off_makes_every_job_fire_and_forget(pool):
+    from django.test import override_settings
+
+    with override_settings(PGBACKGROUND={"STORE_RESULTS": False}):
+        h = run("SELECT 'kept nowhere'")
+    assert h.state == "stopped"
+    assert h.result_info().row_count == 1
+    assert not JobResultChunk.objects.filter(job_id=h.id).exists()
+    with pytest.raises(pgb.JobDetached, match="STORE_RESULTS"):
+        h.result()
