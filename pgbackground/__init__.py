@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from .api import alaunch, asubmit, cancel_all, detach_all, launch, list_jobs, submit
     from .handles import AsyncHandle, ErrorInfo, Handle, Notice, Progress, ResultInfo
     from .results import Column, Result
-    from .stats import Stats, stats
+    from .jobstats import Stats, stats
 
 _LAZY = {
     "alaunch": "api",
@@ -71,8 +71,8 @@ _LAZY = {
     "ResultInfo": "handles",
     "Column": "results",
     "Result": "results",
-    "Stats": "stats",
-    "stats": "stats",
+    "Stats": "jobstats",
+    "stats": "jobstats",
 }
 
 

@@ -146,3 +146,14 @@ def test_unknown_id_and_wrong_cookie_are_the_same_error():
             messages.add(str(info.value))
     assert messages == {"invalid pgbackground handle"}
     assert h.state == "queued"  # nothing the bad handles did touched the job
+
+
+def test_public_names_resolve_to_the_api_whatever_was_imported_first():
+    import importlib
+
+    for module in ("jobstats", "handles", "results", "api", "launcher", "admin.views"):
+        importlib.import_module(f"pgbackground.{module}")
+    assert callable(pgb.stats)
+    assert pgb.stats.__module__ == "pgbackground.jobstats"
+    for name in pgb.__all__:
+        assert getattr(pgb, name) is not None

@@ -516,7 +516,7 @@ def _ms(value: float | None) -> str:
 def stats_page(model_admin: Any, request: HttpRequest) -> HttpResponse:
     from django.contrib.auth import get_user_model
 
-    from ..stats import stats
+    from ..jobstats import stats
 
     user = request.user
     see_all = permissions.can_view_all(user)
