@@ -45,14 +45,21 @@ class EventListener:
     def __init__(self) -> None:
         self.conn = raw_connection()
         self.conn.execute("LISTEN pgbackground_events")
+        self.seen: list[dict[str, Any]] = []  # every event received, in order
 
     def wait_for(
         self, job_id: int, match: Callable[[dict[str, Any]], bool], timeout: float = 30.0
     ) -> dict[str, Any]:
+        """The first event of ``job_id`` that matches, including events received earlier
+        while waiting for another job."""
+        for event in self.seen:
+            if event["id"] == job_id and match(event):
+                return event
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for n in self.conn.notifies(timeout=max(0.0, deadline - time.monotonic())):
                 event = json.loads(n.payload)
+                self.seen.append(event)
                 if event["id"] == job_id and match(event):
                     return event
         raise AssertionError(f"no matching event for job {job_id} within {timeout} s")
