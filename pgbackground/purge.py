@@ -101,14 +101,10 @@ class PurgeReport:
 # One batch: lock finished jobs past the cut-off (skipping rows someone else holds), delete
 # their result chunks and the jobs, and add their counters to the archive, in one statement.
 # The counters follow stats.py's definitions exactly, so stats() is unchanged by a purge.
-_PURGE_JOBS_SQL = f"""
-WITH victims AS (
-    SELECT id FROM pgbackground_job
-    WHERE state IN {_FINISHED} AND finished_at < %(cutoff)s
-    ORDER BY finished_at
-    LIMIT %(batch)s
-    FOR UPDATE SKIP LOCKED
-), chunks AS (
+def _delete_jobs_sql(victims: str) -> str:
+    """Delete the finished jobs a ``victims`` query selects (and locks), archiving their counts."""
+    return f"""
+WITH victims AS ({victims}), chunks AS (
     DELETE FROM pgbackground_jobresultchunk c USING victims v WHERE c.job_id = v.id
     RETURNING octet_length(c.data) + octet_length(c.nulls) AS size
 ), gone AS (
@@ -146,6 +142,25 @@ SELECT (SELECT count(*) FROM victims),
        (SELECT coalesce(sum(size), 0) FROM chunks),
        (SELECT count(*) FROM archived)
 """
+
+
+_PURGE_JOBS_SQL = _delete_jobs_sql(
+    f"SELECT id FROM pgbackground_job WHERE state IN {_FINISHED} AND finished_at < %(cutoff)s"
+    " ORDER BY finished_at LIMIT %(batch)s FOR UPDATE SKIP LOCKED"
+)
+_DELETE_IDS_SQL = _delete_jobs_sql(
+    f"SELECT id FROM pgbackground_job WHERE id = ANY(%(ids)s) AND state IN {_FINISHED}"
+    " FOR UPDATE"
+)
+
+
+def delete_finished_jobs(ids: list[int]) -> int:
+    """Delete the finished jobs among ``ids`` with their results, keeping their counts in the
+    statistics archive (the admin's "delete finished" action); how many were deleted."""
+    if not ids:
+        return 0
+    row = launcher_connection().execute(_DELETE_IDS_SQL, {"ids": ids}).fetchone()
+    return int(row[0]) if row else 0
 
 _COUNT_JOBS_SQL = f"""
 SELECT state, count(*) FROM pgbackground_job

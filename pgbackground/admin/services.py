@@ -65,48 +65,13 @@ def relaunch(jobs: list[Any], owner: Any) -> RelaunchOutcome:
     return out
 
 
-# Deleting finished jobs keeps their counts in the statistics archive (as ``purge`` does), so
-# pgbackground.stats() does not change when history is tidied up.
-_DELETE_FINISHED_SQL = """
-WITH d AS (
-    DELETE FROM pgbackground_job
-    WHERE id = ANY(%(ids)s) AND state IN ('stopped', 'canceled', 'error')
-    RETURNING id, owner_id, state, started_at, finished_at
-), c AS (
-    DELETE FROM pgbackground_jobresultchunk ch USING d WHERE ch.job_id = d.id
-), agg AS (
-    SELECT owner_id, count(*) AS launched,
-           count(*) FILTER (WHERE state = 'stopped') AS completed,
-           count(*) FILTER (WHERE state = 'error') AS failed,
-           count(*) FILTER (WHERE state = 'canceled') AS canceled,
-           count(*) FILTER (WHERE started_at IS NOT NULL AND finished_at IS NOT NULL) AS timed,
-           coalesce(sum(extract(epoch FROM finished_at - started_at) * 1000)
-                    FILTER (WHERE started_at IS NOT NULL AND finished_at IS NOT NULL), 0) AS run_ms
-    FROM d GROUP BY owner_id
-), up AS (
-    INSERT INTO pgbackground_jobstatsarchive
-        (owner_pk, launched, completed, failed, canceled, timed_runs, total_run_ms)
-    SELECT owner_id, launched, completed, failed, canceled, timed, run_ms FROM agg
-    ON CONFLICT ON CONSTRAINT pgb_stats_one_ownerless_row DO UPDATE SET
-        launched = pgbackground_jobstatsarchive.launched + excluded.launched,
-        completed = pgbackground_jobstatsarchive.completed + excluded.completed,
-        failed = pgbackground_jobstatsarchive.failed + excluded.failed,
-        canceled = pgbackground_jobstatsarchive.canceled + excluded.canceled,
-        timed_runs = pgbackground_jobstatsarchive.timed_runs + excluded.timed_runs,
-        total_run_ms = pgbackground_jobstatsarchive.total_run_ms + excluded.total_run_ms
-)
-SELECT count(*) FROM d
-"""
-
-
 def delete_finished(ids: list[int]) -> int:
-    """Delete the finished jobs among ``ids`` (with their results); how many were deleted."""
-    if not ids:
-        return 0
-    conn = launcher_connection()
-    with conn.transaction():
-        row = conn.execute(_DELETE_FINISHED_SQL, {"ids": ids}).fetchone()
-    return int(row[0]) if row else 0
+    """Delete the finished jobs among ``ids`` (with their results); how many were deleted.
+
+    Their counts go to the statistics archive, as ``purge`` does: stats() does not change."""
+    from ..purge import delete_finished_jobs
+
+    return delete_finished_jobs(ids)
 
 
 # --- the live PostgreSQL view of a running job -------------------------------------------------
