@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 from typing import IO
+from urllib.parse import quote
 
 from django.db import connection
 
@@ -21,8 +22,12 @@ def database_url() -> str:
     s = connection.settings_dict
     user = s.get("USER") or "postgres"
     password = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
-    host = s.get("HOST") or "127.0.0.1"
-    port = s.get("PORT") or 5432
+    options = s.get("OPTIONS") or {}
+    # django-environ puts a socket folder given as ``?host=`` in OPTIONS, not HOST.
+    host = s.get("HOST") or options.get("host") or "127.0.0.1"
+    port = s.get("PORT") or options.get("port") or 5432
+    if host.startswith("/"):  # a Unix socket folder (the embedded server): goes in the query
+        return f"postgres://{user}{password}@/{s['NAME']}?host={quote(host, safe='')}&port={port}"
     return f"postgres://{user}{password}@{host}:{port}/{s['NAME']}"
 
 
