@@ -87,7 +87,9 @@ def _routes_pgbackground(app: Any, module_name: str) -> bool:
     return any(v is routing or v is routing.websocket_urlpatterns for v in namespace.values())
 
 
-@register(Tags.compatibility)
+# Tagged ``urls`` (routing), not ``compatibility``: runworkers runs only the compatibility checks
+# and has no reason to import the ASGI application.
+@register(Tags.urls)
 def check_asgi_routing(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     path = getattr(settings, "ASGI_APPLICATION", None)
     if not path:

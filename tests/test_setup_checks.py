@@ -59,7 +59,7 @@ def test_the_demo_asgi_application_passes() -> None:
 
 def test_registered_with_the_check_framework() -> None:
     with override_settings(ASGI_APPLICATION=f"{APPS}.http_only"):
-        assert "pgbackground.W010" in ids(run_checks(tags=[Tags.compatibility]))
+        assert "pgbackground.W010" in ids(run_checks(tags=[Tags.urls]))
 
 
 def _worker(**fields: object) -> Worker:
