@@ -52,8 +52,8 @@ from .exceptions import (
 if TYPE_CHECKING:
     from .api import alaunch, asubmit, cancel_all, detach_all, launch, list_jobs, submit
     from .handles import AsyncHandle, ErrorInfo, Handle, Notice, Progress, ResultInfo
-    from .results import Column, Result
     from .jobstats import Stats, stats
+    from .results import Column, Result
 
 _LAZY = {
     "alaunch": "api",

@@ -22,14 +22,17 @@ def job_channel(job_id: int) -> str:
 
 
 # Columns a CTE named ``j`` must return for PUBLISH_FROM_J.
-EVENT_COLUMNS = "id, state, progress_pct, progress_message, event_seq, owner_id, notices"
+EVENT_COLUMNS = (
+    "id, state, progress_pct, progress_message, event_seq, owner_id, notices, notices_dropped"
+)
 
 # Select-list expressions that publish the rows of a CTE ``j`` (returning EVENT_COLUMNS).
 PUBLISH_EXPRS = f"""
        pg_notify('{EVENTS_CHANNEL}', json_build_object(
            'id', j.id, 'state', j.state, 'pct', j.progress_pct,
            'message', left(j.progress_message, {EVENT_MESSAGE_CHARS}), 'seq', j.event_seq,
-           'owner', j.owner_id, 'notices_count', jsonb_array_length(j.notices))::text),
+           'owner', j.owner_id,
+           'notices_count', jsonb_array_length(j.notices) + j.notices_dropped)::text),
        CASE WHEN j.state IN ('stopped', 'canceled', 'error')
             THEN pg_notify('pgbackground_job_' || j.id, j.state) END"""
 

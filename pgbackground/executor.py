@@ -490,7 +490,10 @@ class Executor:
             out.state = "stopped"
             del committed_by_us
         if out.state != "stopped":
+            # Nothing of a failed string committed: no tag or row count of a statement that ran
+            # before the failure (they would read as the job's outcome).
             out.result_set, out.result_rows, out.result_bytes = -1, None, 0
+            out.command_tag, out.row_count = "", None
         elif held is not None:
             out.tail, out.tail_seq = held, held_seq
 

@@ -521,3 +521,9 @@ def test_store_results_off_makes_every_job_fire_and_forget(pool):
     assert not JobResultChunk.objects.filter(job_id=h.id).exists()
     with pytest.raises(pgb.JobDetached, match="STORE_RESULTS"):
         h.result()
+
+
+def test_a_failed_job_reports_no_command_tag(pool):
+    h = run("SELECT 1; SELECT 1/0")
+    info = h.result_info()
+    assert (info.command_tag, info.row_count, info.has_error) == ("", None, True)
