@@ -149,7 +149,7 @@ class _LiveConsumer(AsyncWebsocketConsumer):
             return
         try:
             data = json.loads(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: '[' * 5000 nests too deep
             await self.send_error("not JSON")
             return
         if not isinstance(data, dict) or data.get("type") != "snapshot":

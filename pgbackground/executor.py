@@ -30,6 +30,8 @@ logger = logging.getLogger("pgbackground.executor")
 PROGRESS_SQLSTATE = "PGBPR"
 # Seconds between two progress/notice writes of one job (the last value is always written).
 PROGRESS_INTERVAL = 0.1
+# Seconds after which a cancel is sent again while the job's statement still runs.
+CANCEL_RESEND = 0.25
 
 ExecStatus = pq.ExecStatus
 DF = pq.DiagnosticField
@@ -231,10 +233,13 @@ class Executor:
 
     # --- the run -------------------------------------------------------------------------------
 
-    def run(self, job: ClaimedJob) -> tuple[Outcome, _Reporter]:
-        self.reporter = _Reporter(self.max_notices)
+    def begin_job(self) -> None:
+        """A new job starts: fresh cancel state (the slot calls this under its lock)."""
         self.control_state = JobControl(self._wake_w)
         self._drain_wake()
+
+    def run(self, job: ClaimedJob) -> tuple[Outcome, _Reporter]:
+        self.reporter = _Reporter(self.max_notices)
         if job.cancel_grace is not None:
             self.control_state.cancel(job.cancel_grace, CancelReason.USER)
         outcome = Outcome()
@@ -251,6 +256,10 @@ class Executor:
             outcome.state = "error"
             outcome.failure = JobFailure.from_exception(exc)
             outcome.connection_lost = self.conn.broken or self.conn.closed
+            if exc.sqlstate == "57014" and self._cancel_was_requested(job.id):
+                outcome.state = "canceled"
+                outcome.failure.message = "canceling job due to user request"
+                return outcome, self.reporter
             if outcome.failure.context == "":
                 outcome.failure.context = "while applying the job's role and settings"
             if exc.sqlstate == "42501" and "role" in outcome.failure.message and not (
@@ -263,6 +272,14 @@ class Executor:
                 )
             return outcome, self.reporter
 
+        cancel_at = self.control_state.cancel_at
+        if cancel_at is not None and time.monotonic() >= cancel_at:
+            # Canceled while its settings were applied: the SQL never starts.
+            outcome.state = "canceled"
+            outcome.failure = JobFailure("57014", "canceling job before it started running")
+            if self.control_state.cancel_reason == CancelReason.SHUTDOWN:
+                outcome.failure.message = "canceling job because the worker is shutting down"
+            return outcome, self.reporter
         self._execute(job, outcome)
         return outcome, self.reporter
 
@@ -310,7 +327,6 @@ class Executor:
         seq = 0
         pending: list[bytes | None] = []
         pending_rows = pending_bytes = 0
-        committed_by_us = False
 
         held: EncodedChunk | None = None  # a finished set's last chunk, kept in memory
         held_seq = 0
@@ -333,12 +349,21 @@ class Executor:
                 seq += 1
             pending, pending_rows, pending_bytes = [], 0, 0
 
+        cancel_sent_at = 0.0
+
         def send_cancel(reason: str) -> None:
-            nonlocal cancel_sent
+            """Cancel the running statement. PostgreSQL drops a cancel that arrives while the
+            backend is between statements or still reading the query, so while the job runs
+            on, the cancel is sent again every CANCEL_RESEND seconds."""
+            nonlocal cancel_sent, cancel_sent_at
+            now = time.monotonic()
             if cancel_sent is None:
                 cancel_sent = reason
                 logger.debug("job %s: canceling its statement (%s)", job.id, reason)
-                self._cancel_backend()
+            elif now - cancel_sent_at < CANCEL_RESEND:
+                return
+            cancel_sent_at = now
+            self._cancel_backend()
 
         sel = selectors.DefaultSelector()
         try:
@@ -356,17 +381,22 @@ class Executor:
                     ]
                     if self.reporter.dirty:
                         deadlines.append(self.reporter.last_write + PROGRESS_INTERVAL)
-                    wait = max(0.0, min(deadlines) - now) if deadlines else None
+                    if cancel_sent is not None:
+                        deadlines.append(cancel_sent_at + CANCEL_RESEND)
+                    # Capped: the selector refuses waits beyond ~24.8 days; we just loop.
+                    wait = min(max(0.0, min(deadlines) - now), 3600.0) if deadlines else None
                     events = sel.select(wait)
                     for key, _ in events:
                         if key.data == "wake":
                             self._drain_wake()
                     now = time.monotonic()
                     if timeout_at is not None and now >= timeout_at:
-                        send_cancel(CancelReason.TIMEOUT)
+                        send_cancel(cancel_sent or CancelReason.TIMEOUT)
                     cancel_at = self.control_state.cancel_at
                     if cancel_at is not None and now >= cancel_at:
-                        send_cancel(self.control_state.cancel_reason or CancelReason.USER)
+                        send_cancel(
+                            cancel_sent or self.control_state.cancel_reason or CancelReason.USER
+                        )
                     pgconn.consume_input()
                     self._flush_progress(job.id)
                     continue
@@ -455,7 +485,6 @@ class Executor:
                     )
             elif pgconn.status != pq.ConnStatus.OK:
                 out.connection_lost = True
-        committed_by_us = failure is None and cancel_sent is None
 
         # What ended the job decides how it is recorded.
         if copy_failure is not None:
@@ -488,7 +517,6 @@ class Executor:
             out.state, out.failure = "error", failure
         else:
             out.state = "stopped"
-            del committed_by_us
         if out.state != "stopped":
             # Nothing of a failed string committed: no tag or row count of a statement that ran
             # before the failure (they would read as the job's outcome).

@@ -100,7 +100,10 @@ def validate_seconds(value: object, name: str, *, cap: float | None = None) -> f
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__name__}")
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} is too large: {value!r}") from None
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
     if cap is not None:
@@ -115,6 +118,8 @@ def validate_max_result_bytes(value: object) -> int:
         raise TypeError(f"max_result_bytes must be an int or None, not {type(value).__name__}")
     if value < 0:
         raise ValueError(f"max_result_bytes must be >= 0, not {value}")
+    if value > (1 << 63) - 1:
+        raise ValueError("max_result_bytes must fit in 64 bits (at most 2**63 - 1)")
     return value
 
 

@@ -28,7 +28,15 @@ from psycopg.types.json import Jsonb
 from .conf import app_settings
 from .db import connect, jobs_alias, models_alias
 from .events import CANCEL_CHANNEL, EVENT_COLUMNS, PUBLISH_EXPRS, QUEUE_CHANNEL
-from .executor import CancelReason, ClaimedJob, Executor, Outcome, _Reporter
+from .executor import (
+    CancelReason,
+    ClaimedJob,
+    Executor,
+    JobFailure,
+    Outcome,
+    _lost_failure,
+    _Reporter,
+)
 from .recovery import recover_lost_workers, terminate_orphan_backends
 from .signals import job_finished, job_started
 
@@ -336,8 +344,7 @@ class Pool:
     def _cancel_job(self, job_id: int, grace: float) -> None:
         logger.debug("cancel requested for job %s (grace %.3f s)", job_id, grace)
         for slot in self.slots:
-            if slot.current_job == job_id:
-                slot.cancel_current(grace, CancelReason.USER)
+            slot.cancel_current(grace, CancelReason.USER, job_id=job_id)
 
 
 class Slot(threading.Thread):
@@ -354,9 +361,13 @@ class Slot(threading.Thread):
         self._lock = threading.Lock()
         self._job_conn_options = ""
 
-    def cancel_current(self, grace: float, reason: str) -> None:
+    def cancel_current(self, grace: float, reason: str, *, job_id: int | None = None) -> None:
+        """Cancel the job this slot runs (only if it is ``job_id``, when given), atomically with
+        respect to the slot moving on to its next job."""
         with self._lock:
-            if self.current_job is not None and self.executor is not None:
+            if self.current_job is None or self.executor is None:
+                return
+            if job_id is None or self.current_job == job_id:
                 self.executor.control_state.cancel(grace, reason)
 
     # --- connections ---------------------------------------------------------------------------
@@ -488,6 +499,7 @@ class Slot(threading.Thread):
         label = f" [{job.label}]" if job.label else ""
         with self._lock:
             self.current_job = job.id
+            self.executor.begin_job()  # from now on, cancels for this job reach the executor
         job_started.send(sender=Pool, job_id=job.id, label=job.label, worker_id=self.pool.worker_id)
         logger.debug("job %s%s started on slot %d", job.id, label, self.number)
         t0 = time.monotonic()
@@ -496,9 +508,14 @@ class Slot(threading.Thread):
         except psycopg.OperationalError as exc:
             # The control connection failed (the job connection's failures are outcomes).
             outcome, reporter = Outcome(state="error", connection_lost=True), _Reporter(0)
-            from .executor import _lost_failure
-
             outcome.failure = _lost_failure(exc)
+        except Exception as exc:
+            # A bug of ours must not leave the job 'running' under a live worker: record it.
+            logger.exception("job %s: internal error in the worker", job.id)
+            outcome, reporter = Outcome(state="error", connection_lost=True), _Reporter(0)
+            outcome.failure = JobFailure(
+                "XX000", f"internal error in the pgbackground worker: {_one_line(exc)}"
+            )
         finally:
             with self._lock:
                 self.current_job = None

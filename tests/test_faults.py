@@ -435,13 +435,6 @@ def test_a_result_far_over_its_limit_fails_54000_and_leaves_no_partial_chunk(poo
 # --- a timeout the selector cannot wait for ----------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: a timeout above ~24.8 days (2**31 ms, e.g. launch(timeout=3e6)) makes"
-    " executor._execute call selectors.select() with a timeout epoll refuses (OverflowError);"
-    " Slot._run only catches psycopg.OperationalError, so the job is never recorded and stays"
-    " 'running' forever with its pool alive (recovery never touches a live worker's jobs)",
-)
 def test_a_very_long_timeout_does_not_leave_the_job_running(pool):
     h = pgb.launch("SELECT 'done'", timeout=3e6)
     wait_until(
@@ -455,14 +448,6 @@ def test_a_very_long_timeout_does_not_leave_the_job_running(pool):
 # --- cancels that arrive around the start of a job ---------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: a cancel that reaches the executor before its statement has started is"
-    " sent once (executor._execute send_cancel: cancel_sent is set and never re-sent) and"
-    " PostgreSQL discards a cancel that arrives while the backend is still reading the"
-    " query; the later re-dispatches of the pending cancel (every heartbeat) are then no-ops"
-    " and the job runs to completion although cancel() returned",
-)
 def test_a_cancel_right_after_the_claim_is_not_lost(start_pool):
     """cancel() as soon as the job is claimed; 1,000 custom settings make the executor spend a
     while building the statement that applies them, so the pool's cancel is due before the job's
@@ -481,13 +466,6 @@ def test_a_cancel_right_after_the_claim_is_not_lost(start_pool):
         events.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: a cancel() that interrupts the statement applying the job's role and"
-    " settings (Executor.run -> _apply_session) is recorded as state 'error' with 57014 and"
-    " context \"while applying the job's role and settings\", not 'canceled': that except"
-    " branch never asks _cancel_was_requested()",
-)
 def test_a_cancel_while_the_settings_are_applied_is_recorded_as_canceled(start_pool):
     """The launcher's session setting default_text_search_config is carried to the job;
     applying it reads pg_ts_config, which the test holds locked: the job is stuck in that
@@ -532,13 +510,6 @@ class _WaitVisibleLock:
         self._lock.release()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: Pool._cancel_job compares slot.current_job with the job id outside"
-    " slot._lock, and Slot.cancel_current then cancels whatever job the slot runs once it has"
-    " the lock: a relayed cancel (NOTIFY with grace, or the heartbeat's re-dispatch) that"
-    " loses the CPU between the two can stop the slot's next job",
-)
 def test_a_relayed_cancel_never_reaches_the_slots_next_job():
     """Deterministic replay of the interleaving with an in-process Pool and Slot on real
     connections: the listener has matched job 1 and waits for the slot's lock while the slot

@@ -4,7 +4,7 @@ in every state. Always a clear error (TypeError / ValueError / TooManyJobs, a fo
 ``{"type": "error"}`` message, close code 4403), never a 500, a crashed consumer or pool, and
 never a job created or changed that should not be.
 
-Known core bugs found here are pinned by strict xfail tests at the end and kept out of the
+Core bugs found here are kept as regression tests at the end and kept out of the
 fuzzed domains (each strategy says where).
 """
 
@@ -54,7 +54,7 @@ def fuzz(examples: int) -> Any:
     )
 
 
-INT64 = st.integers(-(2**63), 2**63 - 1)  # larger ints: see the xfail tests at the end
+INT64 = st.integers(-(2**63), 2**63 - 1)  # larger ints: see the regression tests at the end
 JSONISH = st.recursive(
     st.none() | st.booleans() | INT64 | st.floats() | st.text(max_size=10),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
@@ -348,7 +348,7 @@ NUMBER_TEXTS = st.one_of(
     st.sampled_from(["", "1", "0", "-1", "1e309", "nan", "inf", "-inf", "1.5", "1,5", "0x10"]),
     st.text(max_size=6),
 )
-# 18 characters at most: a 19-digit number may pass the form but not bigint (xfail below).
+# 18 characters at most: a 19-digit number may pass the form but not bigint (regression test below).
 INT_TEXTS = st.one_of(st.text(alphabet="0123456789-+. ", max_size=18), NUMBER_TEXTS)
 GUC_LINES = st.lists(
     st.one_of(
@@ -654,26 +654,14 @@ def _apply(h: pgb.Handle, op: str, grace: float | None, terminal: bool) -> Any:
     return getattr(h, op)()
 
 
-# --- known core bugs ---------------------------------------------------------------------------
+# --- core bugs found here (fixed; kept as regression tests) ---------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: launcher.validate_max_result_bytes accepts ints above 2**63 - 1; the"
-    " INSERT then fails with django.db.DataError / psycopg NumericValueOutOfRange ('bigint out"
-    " of range') instead of a ValueError",
-)
 def test_max_result_bytes_beyond_bigint_is_a_value_error():
     with pytest.raises(ValueError):
         pgb.launch("SELECT 1", max_result_bytes=2**63)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: launcher.validate_seconds calls float(value) on ints too large for a"
-    " float (e.g. 10**400) and lets OverflowError escape from launch(timeout=...),"
-    " Handle.wait(timeout=...) and Handle.cancel(grace=...)",
-)
 @pytest.mark.parametrize("call", ["launch", "wait", "cancel"])
 def test_huge_integer_seconds_are_a_value_error(call):
     h = pgb.launch("SELECT 1")
@@ -686,24 +674,12 @@ def test_huge_integer_seconds_are_a_value_error(call):
             h.cancel(grace=10**400)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: the admin launch form (forms.IntegerField without max_value, then"
-    " launcher.validate_max_result_bytes) accepts a 19+ digit max_result_bytes and the launch"
-    " raises DataError: HTTP 500 instead of a form error",
-)
 def test_admin_form_refuses_a_result_limit_beyond_bigint(root_client):
     r = root_client.post(ADD, {"sql": "SELECT 1", "max_result_bytes": "9" * 19})
     assert r.status_code == 200
     assert not Job.objects.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: consumers._LiveConsumer.receive calls json.loads on any text frame up to"
-    " 64 KiB; a deeply nested one ('[' * 5000 ...) raises RecursionError, which is not caught:"
-    " the consumer crashes and the socket closes with no documented code",
-)
 def test_a_deeply_nested_client_frame_gets_an_error_message():
     async def body() -> None:
         from asgiref.sync import sync_to_async
