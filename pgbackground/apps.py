@@ -9,3 +9,4 @@ class PgBackgroundConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401 - registers the system checks
+        from . import setup_checks  # noqa: F401 - registers the setup checks
