@@ -8,5 +8,7 @@ class PgBackgroundConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401 - registers the system checks
-        from . import setup_checks  # noqa: F401 - registers the setup checks
+        from . import (
+            checks,  # noqa: F401 - registers the system checks
+            setup_checks,  # noqa: F401 - registers the setup checks
+        )
