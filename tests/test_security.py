@@ -113,6 +113,17 @@ def launch_as(role: str, text: str, **kwargs) -> pgb.Handle:
         sql("RESET ROLE")
 
 
+def launch_running(role: str | None, text: str, **kwargs) -> pgb.Handle:
+    """Launch ``text`` (which reports progress 1 first) and block until it did."""
+    events = Events()  # listening before the launch: the event cannot be missed
+    try:
+        h = launch_as(role, text, **kwargs) if role else pgb.launch(text, **kwargs)
+        events.wait(lambda e: e["id"] == h.id and e["pct"] == 1)
+    finally:
+        events.close()
+    return h
+
+
 def outcome(h: pgb.Handle) -> tuple[str, str | None]:
     assert h.wait(timeout=60)
     err = h.error_info()
@@ -186,15 +197,10 @@ def test_documented_limits_of_a_shared_jobs_login(runner_pool):
     assert outcome(other) == ("stopped", None)
     assert other.result().rows == [("pgbt_other_app",)]
 
-    victim = launch_as(
+    victim = launch_running(
         "pgbt_reporting",
         "SELECT pgbackground_progress(1, 'go'); SELECT pg_sleep(60) -- pgbt-sibling-marker",
     )
-    events = Events()
-    try:
-        events.wait(lambda e: e["id"] == victim.id and e["pct"] == 1)
-    finally:
-        events.close()
     look = (
         "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pgbt-sibling-' || 'marker%'"
         " AND pid <> pg_backend_pid()"
@@ -308,12 +314,9 @@ def test_redacted_sql_shows_nowhere_in_the_admin_once_the_job_ran(start_pool, ro
 def test_redact_sql_also_covers_a_job_whose_worker_was_lost(start_pool):
     env = {"PGBACKGROUND_REDACT_SQL": "true"}
     doomed = start_pool("--concurrency", "1", env=env)
-    h = pgb.launch(f"SELECT pgbackground_progress(1, 'go'); SELECT pg_sleep(60) -- {SECRET}")
-    events = Events()
-    try:
-        events.wait(lambda e: e["id"] == h.id and e["pct"] == 1)
-    finally:
-        events.close()
+    h = launch_running(
+        None, f"SELECT pgbackground_progress(1, 'go'); SELECT pg_sleep(60) -- {SECRET}"
+    )
     start_pool("--concurrency", "1", env=env)  # the survivor that resolves the lost job
     doomed.kill()
     assert h.wait(timeout=60)
@@ -431,3 +434,108 @@ async def test_idor_websockets_other_jobs_cookie_and_inactive_users():
     # Deactivated: her session no longer opens her own job, nor the feed.
     await expect_close(await open_socket(job_path(mine), header), CLOSE_FORBIDDEN)
     await expect_close(await open_socket("/ws/pgbackground/jobs/", header), CLOSE_LOGIN_REQUIRED)
+
+
+# --- NOTIFY is not authenticated ---------------------------------------------------------------
+# PostgreSQL lets any session NOTIFY any channel (no privilege is checked): every job, through
+# the jobs login, and any role that may connect can speak on pgbackground's channels.
+
+
+@pytest.mark.pool
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug: Pool._dispatch_cancel trusts the pgbackground_cancel payload; any session,"
+    " e.g. a low-privilege job, can SELECT pg_notify('pgbackground_cancel', '{\"id\": N}') and"
+    " cancel anyone's running job, recorded as 'canceled' 'due to user request' (fix: on a"
+    " cancel NOTIFY re-read _PENDING_CANCELS_SQL for this worker instead of using the payload)",
+)
+def test_a_forged_cancel_notification_cancels_no_job(runner_pool):
+    victim = launch_running(
+        "pgbt_reporting",
+        "SELECT pgbackground_progress(1, 'go'); SELECT pg_sleep(1); SELECT 'finished'",
+    )
+    forger = launch_as(
+        "pgbt_reporting", f"""SELECT pg_notify('pgbackground_cancel', '{{"id": {victim.id}}}')"""
+    )
+    assert outcome(forger) == ("stopped", None)
+    assert forger.job().finished_at < victim.job().finished_at  # it ran while the victim ran
+    assert outcome(victim) == ("stopped", None)
+
+
+@pytest.mark.pool
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug: Handle.wait() returns True on any terminal payload on the job's channel"
+    " without reading the row; a job can SELECT pg_notify('pgbackground_job_<id>', 'stopped')"
+    " and end another launcher's wait() while that job still runs (its result() then raises"
+    " InvalidHandle)",
+)
+def test_a_forged_terminal_notification_does_not_end_wait(runner_pool):
+    import threading
+
+    from pgbackground.db import discard_launcher_connection, launcher_connection
+    from tests.helpers import wait_until
+
+    victim = launch_running(
+        "pgbt_reporting", "SELECT pgbackground_progress(1, 'go'); SELECT pg_sleep(2)"
+    )
+    seen: dict[str, object] = {}
+    ready = threading.Event()
+
+    def waiter() -> None:
+        try:
+            seen["pid"] = launcher_connection().info.backend_pid
+            ready.set()
+            seen["returned"] = victim.wait(timeout=30)
+            seen["state"] = victim.state
+        finally:
+            discard_launcher_connection()
+            connection.close()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    assert ready.wait(30)
+    # wait() has LISTENed once its connection ran the LISTEN (or, later, a recovery check).
+    wait_until(
+        lambda: sql(
+            "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND (query LIKE %s OR query LIKE %s)",
+            [seen["pid"], f'%LISTEN "pgbackground_job_{victim.id}"%', "%dead AS%"],
+        )
+    )
+    launch_as("pgbt_reporting", f"SELECT pg_notify('pgbackground_job_{victim.id}', 'stopped')")
+    thread.join(60)
+    assert seen["returned"] is True
+    assert seen["state"] == "stopped", "wait() returned while the job was still running"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug: listener._dispatch forwards a pgbackground_events payload to the sockets"
+    " when its seq is above the row's (and without reading the row when the state is"
+    " unchanged): any session can push a fake state or progress to every live page of a job,"
+    " and a huge seq then makes the consumers drop the real events that follow",
+)
+@live_test
+async def test_a_forged_event_never_reaches_a_live_page(roles):
+    import json as jsonlib
+
+    from tests.helpers import raw_connection
+
+    h = await sync_to_async(pgb.launch)("SELECT 1")
+    comm = await open_socket(job_path(h, h.cookie))
+    first = jsonlib.loads(await comm.receive_from(10))
+    assert first["state"] == "queued"
+    forged = jsonlib.dumps(
+        {"id": h.id, "state": "stopped", "pct": 100, "message": "forged", "seq": 10**9}
+    )
+
+    def forge() -> None:
+        with raw_connection() as c:
+            c.execute("SET ROLE pgbt_reporting")
+            c.execute("SELECT pg_notify('pgbackground_events', %s)", [forged])
+
+    await sync_to_async(forge)()
+    await sync_to_async(h.cancel)()
+    nxt = jsonlib.loads(await comm.receive_from(10))
+    await comm.disconnect()
+    assert (nxt["state"], nxt["message"]) == ("canceled", ""), nxt
