@@ -257,8 +257,6 @@ class Handle:
                     if notify.channel == channel:
                         got = True
                         break
-                if got and notify.payload in TERMINAL:
-                    return True  # the job's channel only ever announces its terminal state
                 if not got and state == "running":
                     recover_lost_workers(conn)
                 (state,) = _fetch(conn, self.id, self.cookie, "state")

@@ -257,23 +257,19 @@ class EventListener:
         job_subs = self._jobs.get(job_id)
         if not job_subs and not self._feeds:
             return
-        owner_id = event.pop("_owner", None)
-        known = self._known.get(job_id)
-        message: dict[str, Any] = event
-        if known is None or known[1] != event["state"]:
-            # First sight of the job in this process, or a state change: read it once for all
-            # subscribers (owner for the feeds; timings, error and counts for the pages).
-            try:
-                found = await self.snapshots([job_id])
-            except (psycopg.Error, OSError) as exc:
-                logger.warning("could not read job %s for its event: %s", job_id, exc)
-                found = []
-            if found and found[0].seq >= event["seq"]:
-                message = {**found[0].message, "type": "event"}
-            owner_id = found[0].owner_id if found else owner_id
-        else:
-            owner_id = known[0]
-            self._remember(job_id, owner_id, event["state"])
+        # NOTIFY is not authenticated (any session, a job's SQL too, may send one): the payload
+        # only says which job to look at. What reaches the sockets is read from the job's row,
+        # once for all subscribers; an event announcing more than the row holds is dropped.
+        try:
+            found = await self.snapshots([job_id])
+        except (psycopg.Error, OSError) as exc:
+            logger.warning("could not read job %s for its event: %s", job_id, exc)
+            return
+        if not found or found[0].seq < event["seq"]:
+            return
+        message: dict[str, Any] = {**found[0].message, "type": "event"}
+        owner_id = found[0].owner_id
+        self._remember(job_id, owner_id, message["state"])
         for sub in list(job_subs or ()):
             _deliver(sub, message)
         for feed in list(self._feeds):

@@ -13,7 +13,6 @@ exactly one slot of all the pools on all machines.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -289,7 +288,7 @@ class Pool:
                     if notify.channel == QUEUE_CHANNEL:
                         self.wake_one()
                     elif notify.channel == CANCEL_CHANNEL:
-                        self._dispatch_cancel(notify.payload)
+                        self._dispatch_cancel(conn)
             except psycopg.OperationalError as exc:
                 if conn is not None:
                     conn.close()
@@ -328,14 +327,10 @@ class Pool:
         terminate_orphan_backends(conn)
         self._dispatch_pending_cancels(conn)
 
-    def _dispatch_cancel(self, payload: str) -> None:
-        try:
-            data = json.loads(payload)
-            job_id, grace = int(data["id"]), float(data.get("grace") or 0.0)
-        except (ValueError, KeyError, TypeError):
-            logger.warning("ignoring malformed cancel notification %r", payload)
-            return
-        self._cancel_job(job_id, grace)
+    def _dispatch_cancel(self, conn: psycopg.Connection[Any]) -> None:
+        """A cancel NOTIFY only says "look": NOTIFY is not authenticated (a job's SQL can send
+        one), so what is canceled, and with what grace, is read from the job rows."""
+        self._dispatch_pending_cancels(conn)
 
     def _dispatch_pending_cancels(self, conn: psycopg.Connection[Any]) -> None:
         for job_id, grace in conn.execute(_PENDING_CANCELS_SQL, [self.worker_id]).fetchall():

@@ -28,6 +28,10 @@ WITH dead AS (
 ), j AS (
     UPDATE pgbackground_job SET
         state = 'error', finished_at = clock_timestamp(),
+        sql = CASE WHEN %(redact)s
+                   THEN '-- SQL redacted after the run (PGBACKGROUND["REDACT_SQL"]): '
+                        || length(sql) || ' characters'
+                   ELSE sql END,
         error_sqlstate = '08006', error_message = '{LOST_MESSAGE}',
         error_detail = 'Worker ' || coalesce(worker_id::text, '?')
             || ' stopped sending heartbeats while the job was running.',
@@ -63,7 +67,9 @@ WHERE w.stopped_at IS NOT NULL
 def recover_lost_workers(conn: psycopg.Connection[Any], *, terminate: bool = False) -> list[int]:
     """Mark dead workers stopped and their running jobs lost (08006); the ids of those jobs."""
     after = float(app_settings.WORKER_LOST_AFTER)
-    rows = conn.execute(_RECOVER_SQL, {"after": after}).fetchall()
+    rows = conn.execute(
+        _RECOVER_SQL, {"after": after, "redact": bool(app_settings.REDACT_SQL)}
+    ).fetchall()
     for job_id, _state, *_ in rows:
         logger.warning(
             "job %s error 08006: %s (its worker stopped heartbeating)", job_id, LOST_MESSAGE
