@@ -18,8 +18,16 @@ from tests.helpers import EventListener  # noqa: E402
 events = EventListener()
 running = [pgb.launch("SELECT pgbackground_progress(1, 'go'); SELECT pg_sleep(60)")
            for _ in range(2)]
-for h in running:
-    events.wait_for(h.id, lambda e: e["pct"] == 1)
+try:
+    for h in running:
+        events.wait_for(h.id, lambda e: e["pct"] == 1, timeout=90)
+except AssertionError:
+    from pgbackground.models import Job, Worker
+
+    print("jobs:", list(Job.objects.values_list("id", "state", "worker_id", "backend_pid")),
+          "workers:", list(Worker.objects.values_list("id", "pid", "stopped_at")),
+          "events:", events.seen, file=sys.stderr, flush=True)
+    raise
 events.close()
 # Both slots are busy: these stay queued across the restart.
 queued = [pgb.launch(f"SELECT {i}") for i in range(3)]

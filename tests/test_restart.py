@@ -31,7 +31,7 @@ def test_postgresql_restart_is_survived():
                                   text=True)
         try:
             assert driver.stdout is not None and driver.stdin is not None
-            assert driver.stdout.readline().strip() == "ready"
+            assert driver.stdout.readline().strip() == "ready", pool.output
             cluster.restart()
             driver.stdin.write("go\n")
             driver.stdin.flush()
