@@ -284,11 +284,17 @@ class Pool:
                     self._heartbeat(conn)
                     next_beat = now + self.heartbeat_interval
                 wait = min(0.25, max(0.0, next_beat - time.monotonic()))
+                cancel_seen = False
                 for notify in conn.notifies(timeout=wait):
                     if notify.channel == QUEUE_CHANNEL:
                         self.wake_one()
                     elif notify.channel == CANCEL_CHANNEL:
-                        self._dispatch_cancel(conn)
+                        # Leave the generator first: it holds the connection's lock, and the
+                        # cancels are read over this same connection.
+                        cancel_seen = True
+                        break
+                if cancel_seen:
+                    self._dispatch_cancel(conn)
             except psycopg.OperationalError as exc:
                 if conn is not None:
                     conn.close()

@@ -30,6 +30,22 @@ def pool(start_pool: Callable[..., PoolProcess]) -> PoolProcess:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _fast_worker_timings() -> None:
+    """The test process uses the same short heartbeat timings as the pools it starts (the
+    environment of conftest.py reaches the subprocesses; settings were read before it)."""
+    import os
+
+    from django.conf import settings
+
+    settings.PGBACKGROUND = {
+        **getattr(settings, "PGBACKGROUND", {}),
+        "HEARTBEAT_INTERVAL": float(os.environ["PGBACKGROUND_HEARTBEAT_INTERVAL"]),
+        "WORKER_LOST_AFTER": float(os.environ["PGBACKGROUND_WORKER_LOST_AFTER"]),
+        "POLL_INTERVAL": float(os.environ["PGBACKGROUND_POLL_INTERVAL"]),
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _close_launcher_connections(django_db_setup: None) -> Iterator[None]:
     """pgbackground's own connections must be closed before the test database is dropped."""
     yield

@@ -254,16 +254,6 @@ def test_sigterm_cancels_every_busy_slot_after_the_grace_and_a_second_signal_at_
 
 # --- cancel storm ------------------------------------------------------------------------------
 
-LISTENER_DEADLOCK = (
-    "core bug (since 42f0f6a): Pool._listen calls _dispatch_cancel(conn), which runs"
-    " conn.execute(_PENDING_CANCELS_SQL) inside `for notify in conn.notifies(...)` on the same"
-    " connection; notifies() holds the connection's lock, so the listener thread deadlocks on the"
-    " first pgbackground_cancel NOTIFY: cancels with grace are never delivered, heartbeats stop,"
-    " and WORKER_LOST_AFTER later the live pool is declared dead and every job it still runs is"
-    " recorded error/08006 (fix: note the cancel NOTIFY in the loop and call"
-    " _dispatch_pending_cancels(conn) after the notifies() loop has ended)"
-)
-
 STORM_LOCK = 4_711_042
 STORM_SQL = "INSERT INTO pgbt_storm VALUES ({tag}); SELECT pg_sleep({ms} / 1000.0)"
 
@@ -273,7 +263,6 @@ def _tiny_grace(rng: random.Random) -> float | None:
     return None if rng.random() < 0.5 else rng.uniform(0.0005, 0.005)
 
 
-@pytest.mark.xfail(strict=True, reason=LISTENER_DEADLOCK)
 def test_cancel_storm_never_restarts_the_server_and_commits_only_stopped_jobs(start_pool):
     """1,000 jobs, each inserting a marker row and then sleeping 1-8 ms, each cancelled at a
     random moment: right after launch, while queued, mid-statement, around its commit, with
@@ -452,7 +441,6 @@ def test_a_very_long_timeout_does_not_leave_the_job_running(pool):
 # --- cancels that arrive around the start of a job ---------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=LISTENER_DEADLOCK)
 def test_a_cancel_right_after_the_claim_is_not_lost(start_pool):
     """cancel() as soon as the job is claimed; 1,000 custom settings make the executor spend a
     while building the statement that applies them, so the pool's cancel is due before the job's
@@ -497,7 +485,6 @@ def test_a_cancel_while_the_settings_are_applied_is_recorded_as_canceled(start_p
     assert h.state == "canceled", h.error_info()
 
 
-@pytest.mark.xfail(strict=True, reason=LISTENER_DEADLOCK)
 def test_a_cancel_with_grace_reaches_the_job_and_the_pool_lives_on(pool):
     events = Events()
     try:
