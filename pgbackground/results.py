@@ -66,13 +66,9 @@ def pgresult_values(res: pq.abc.PGresult) -> list[bytes | None]:
 # --- launcher side -----------------------------------------------------------------------------
 
 
-def decode_chunk(
-    tx: TransformerT, ncols: int, nrows: int, data: bytes, nulls: bytes
-) -> list[tuple[Any, ...]]:
-    """Rows of one stored chunk, loaded by ``tx`` (already told the column types)."""
-    if ncols == 0:
-        return [()] * nrows
-    fields: list[Any] = bytes(data).split(SEP)
+def split_fields(data: bytes, nulls: bytes) -> list[bytes | None]:
+    """The flat field values of a stored chunk, row-major, with None where SQL NULL is."""
+    fields: list[bytes | None] = list(bytes(data).split(SEP))
     if nulls:
         positions = array.array("I")
         positions.frombytes(bytes(nulls))
@@ -80,6 +76,16 @@ def decode_chunk(
             positions.byteswap()
         for i in positions:
             fields[i] = None
+    return fields
+
+
+def decode_chunk(
+    tx: TransformerT, ncols: int, nrows: int, data: bytes, nulls: bytes
+) -> list[tuple[Any, ...]]:
+    """Rows of one stored chunk, loaded by ``tx`` (already told the column types)."""
+    if ncols == 0:
+        return [()] * nrows
+    fields = split_fields(data, nulls)
     # zip(*[it] * n) groups the flat fields into rows without a Python-level loop.
     it = iter(fields)
     return list(map(tx.load_sequence, zip(*[it] * ncols, strict=True)))

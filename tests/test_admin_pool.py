@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import time
 from collections.abc import Callable
 
 import psycopg
@@ -17,19 +16,14 @@ from pgbackground.db import connection_params
 from pgbackground.handles import Handle
 from pgbackground.models import Job
 from tests.admin_support import ADD, job_url, make_user
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.pool
 
 
 def wait_for(check: Callable[[], object], timeout: float = 30.0) -> object:
     """Re-check a job's recorded state until ``check`` holds (a deadline, not a sleep)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
+    return wait_until(check, timeout=timeout, interval=0.05)
 
 
 @pytest.fixture

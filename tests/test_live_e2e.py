@@ -26,6 +26,7 @@ from websockets.sync.client import ClientConnection, connect
 import pgbackground as pgb
 from pgbackground.db import connection_params
 from tests.asgiproc import DaphneProcess
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.pool, pytest.mark.django_db(transaction=True)]
 
@@ -91,10 +92,7 @@ def job_path(h: pgb.Handle) -> str:
 
 def wait_state(h: pgb.Handle, state: str, timeout: float = 30.0) -> None:
     """Wait for a job state on the database (LISTEN-free but event-driven enough for a test)."""
-    deadline = time.monotonic() + timeout
-    while h.state != state:
-        assert time.monotonic() < deadline, f"job {h.id} never reached {state}"
-        time.sleep(0.02)
+    wait_until(lambda: h.state == state, timeout=timeout)
 
 
 # --- websocket clients ----------------------------------------------------------------------------

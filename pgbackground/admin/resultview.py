@@ -7,14 +7,12 @@ marks the result consumed and never deletes chunks: ``Handle.result()`` still wo
 
 from __future__ import annotations
 
-import array
 import csv
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 from ..db import connect, launcher_connection, models_alias
-from ..results import FETCH_CHUNKS_SQL, SEP, Column, columns_from_json
+from ..results import FETCH_CHUNKS_SQL, Column, columns_from_json, split_fields
 
 PREVIEW_ROWS = 100
 PREVIEW_CELL_CHARS = 500
@@ -26,14 +24,7 @@ def _split(ncols: int, nrows: int, data: bytes, nulls: bytes) -> Iterator[list[s
         for _ in range(nrows):
             yield []
         return
-    fields: list[Any] = bytes(data).split(SEP)
-    if nulls:
-        positions = array.array("I")
-        positions.frombytes(bytes(nulls))
-        if sys.byteorder != "little":
-            positions.byteswap()
-        for i in positions:
-            fields[i] = None
+    fields = split_fields(data, nulls)
     for i in range(0, len(fields), ncols):
         yield [None if f is None else f.decode("utf-8", "replace") for f in fields[i : i + ncols]]
 

@@ -11,7 +11,6 @@ proves that the page was never reloaded.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,6 +22,7 @@ import pgbackground as pgb
 from pgbackground.db import connection_params
 from tests.admin_support import make_user
 from tests.asgiproc import DaphneProcess
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.pool, pytest.mark.django_db(transaction=True)]
 
@@ -120,10 +120,7 @@ def indicator(page: Page) -> Any:
 
 def wait_running(h: pgb.Handle) -> None:
     """The job started: synchronised on its state in the database (wait() has no 'running')."""
-    deadline = time.monotonic() + 30
-    while h.state != "running":
-        assert time.monotonic() < deadline, f"job {h.id} never started"
-        time.sleep(0.02)
+    wait_until(lambda: h.state == "running", timeout=30)
 
 
 # --- over the websocket ---------------------------------------------------------------------
