@@ -113,18 +113,34 @@ def launcher_connection() -> psycopg.Connection[Any]:
     A broken connection, a fork or changed database settings (tests switch to the test
     database) give a fresh one.
     """
-    alias = models_alias()
-    key = (os.getpid(), alias, tuple(sorted(map(str, connection_params(alias).items()))))
-    conn = _local.conn
-    if conn is not None and (_local.key != key or conn.closed or conn.broken):
-        if _local.key is not None and _local.key[0] == os.getpid():
-            conn.close()
-        conn = None
+    conn = current_launcher_connection()
     if conn is None:
-        conn = connect(alias, application_name="pgbackground launcher")
-        _local.conn, _local.key = conn, key
+        from .replies import open_box
+
+        conn = connect(models_alias(), application_name="pgbackground launcher")
+        open_box(conn)  # LISTEN to its reply channel: wait() on jobs launched here needs none
+        _local.conn, _local.key = conn, _launcher_key()
         _all_launcher_connections.add(conn)
     return conn
+
+
+def current_launcher_connection() -> psycopg.Connection[Any] | None:
+    """This thread's launcher connection if it has a usable one (none is opened)."""
+    conn = _local.conn
+    if conn is None:
+        return None
+    key = _launcher_key()
+    if _local.key != key or conn.closed or conn.broken:
+        if _local.key is not None and _local.key[0] == os.getpid():
+            conn.close()
+        _local.conn = _local.key = None
+        return None
+    return conn
+
+
+def _launcher_key() -> tuple[Any, ...]:
+    alias = models_alias()
+    return (os.getpid(), alias, tuple(sorted(map(str, connection_params(alias).items()))))
 
 
 def discard_launcher_connection() -> None:

@@ -16,14 +16,24 @@ EVENTS_CHANNEL = "pgbackground_events"
 EVENT_MESSAGE_CHARS = 200
 
 
+# Prefix of a launcher connection's own channel (suffix: its backend pid), see replies.py.
+REPLY_CHANNEL_PREFIX = "pgbackground_reply_"
+
+
 def job_channel(job_id: int) -> str:
     """The channel on which a job's terminal state is announced (``wait()`` listens to it)."""
     return f"pgbackground_job_{int(job_id)}"
 
 
+def reply_channel(backend_pid: int) -> str:
+    """The channel a launcher connection LISTENs to for the ends of the jobs it launched."""
+    return f"{REPLY_CHANNEL_PREFIX}{int(backend_pid)}"
+
+
 # Columns a CTE named ``j`` must return for PUBLISH_FROM_J.
 EVENT_COLUMNS = (
-    "id, state, progress_pct, progress_message, event_seq, owner_id, notices, notices_dropped"
+    "id, state, progress_pct, progress_message, event_seq, owner_id, notices, notices_dropped,"
+    " reply_pid"
 )
 
 # Select-list expressions that publish the rows of a CTE ``j`` (returning EVENT_COLUMNS).
@@ -34,7 +44,9 @@ PUBLISH_EXPRS = f"""
            'owner', j.owner_id,
            'notices_count', jsonb_array_length(j.notices) + j.notices_dropped)::text),
        CASE WHEN j.state IN ('stopped', 'canceled', 'error')
-            THEN pg_notify('pgbackground_job_' || j.id, j.state) END"""
+            THEN pg_notify('pgbackground_job_' || j.id, j.state) END,
+       CASE WHEN j.state IN ('stopped', 'canceled', 'error') AND j.reply_pid IS NOT NULL
+            THEN pg_notify('{REPLY_CHANNEL_PREFIX}' || j.reply_pid, j.id::text) END"""
 
 # A whole SELECT publishing the rows of ``j``; returns (id, state, ...).
 PUBLISH_FROM_J = f"SELECT j.id, j.state, {PUBLISH_EXPRS} FROM j"

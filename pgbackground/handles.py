@@ -28,6 +28,7 @@ from .exceptions import (
     ResultConsumed,
     error_for,
 )
+from .replies import ReplyBox, box_of
 from .results import Column, Result, columns_from_json
 
 TERMINAL = ("stopped", "canceled", "error")
@@ -238,12 +239,53 @@ class Handle:
         Sleeps on LISTEN/NOTIFY; while waiting it also checks, every WORKER_LOST_AFTER seconds,
         for workers that died, so that a job of a dead pool still ends (08006).
         """
-        from .recovery import recover_lost_workers
-
         timeout = _validate_timeout(timeout)
         conn = launcher_connection()
-        channel = job_channel(self.id)
         deadline = None if timeout is None else time.monotonic() + timeout
+        box = box_of(conn)
+        if box is not None and box.expects(self.id, self.cookie):
+            if not self._await_reply(conn, box, deadline, verify=True):
+                return False
+            box.told_ended(self.id)  # a result() after this wait need not wait for a hint
+            return True
+        return self._await_own_channel(conn, box, deadline)
+
+    def _await_reply(
+        self,
+        conn: psycopg.Connection[Any],
+        box: ReplyBox,
+        deadline: float | None,
+        *,
+        verify: bool,
+    ) -> bool:
+        """Wait for a job launched on this thread: its end is announced on the connection's
+        reply channel, which it already LISTENs to. With ``verify``, the row confirms the end
+        (a notification is only a hint); without, the caller's next statement does. False when
+        the deadline passes first."""
+        from .recovery import recover_lost_workers
+
+        check_every = max(float(app_settings.WORKER_LOST_AFTER), 0.5)
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            slice_ = check_every if remaining is None else max(0.0, min(check_every, remaining))
+            told = box.drain(conn, slice_, until=self.id)
+            if told and not verify:
+                return True
+            (state,) = _fetch(conn, self.id, self.cookie, "state")
+            if state in TERMINAL:
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            if not told and state == "running":
+                recover_lost_workers(conn)
+
+    def _await_own_channel(
+        self, conn: psycopg.Connection[Any], box: ReplyBox | None, deadline: float | None
+    ) -> bool:
+        """Wait for any job: LISTEN on its own channel, read its state, sleep on NOTIFY."""
+        from .recovery import recover_lost_workers
+
+        channel = job_channel(self.id)
         state = _listen_and_read_state(conn, channel, self.id, self.cookie)
         try:
             check_every = max(float(app_settings.WORKER_LOST_AFTER), 0.5)
@@ -253,10 +295,12 @@ class Handle:
                     return False
                 slice_ = check_every if remaining is None else min(check_every, remaining)
                 got = False
-                for notify in conn.notifies(timeout=slice_, stop_after=1):
+                for notify in conn.notifies(timeout=slice_):
                     if notify.channel == channel:
                         got = True
                         break
+                    if box is not None:
+                        box.note(notify)  # another job of this thread: keep the hint
                 if not got and state == "running":
                     recover_lost_workers(conn)
                 (state,) = _fetch(conn, self.id, self.cookie, "state")
@@ -267,12 +311,25 @@ class Handle:
     def result(self) -> Result:
         """The job's result (waits for it to finish). Consumes it: a second call raises
         ResultConsumed. A failed job raises JobError (JobCanceled, WorkerLost) with its SQLSTATE."""
-        self.wait()
         conn = launcher_connection()
-        inline = int(app_settings.CHUNK_BYTES) * 4
-        rows = conn.execute(
-            _CONSUME_SQL, {"id": self.id, "cookie": self.cookie, "inline": inline}, binary=True
-        ).fetchall()
+        box = box_of(conn)
+        try:
+            return self._result(conn, box)
+        finally:
+            if box is not None:
+                box.forget(self.id)
+
+    def _result(self, conn: psycopg.Connection[Any], box: ReplyBox | None) -> Result:
+        params = {"id": self.id, "cookie": self.cookie, "inline": int(app_settings.CHUNK_BYTES) * 4}
+        rows: list[Any] = []
+        if box is not None and box.expects(self.id, self.cookie):
+            # Launched on this thread: consume as soon as the end is announced (the consuming
+            # statement itself checks that the job stopped); anything else takes the long way.
+            self._await_reply(conn, box, None, verify=False)
+            rows = conn.execute(_CONSUME_SQL, params, binary=True).fetchall()
+        if not rows:
+            self.wait()
+            rows = conn.execute(_CONSUME_SQL, params, binary=True).fetchall()
         if rows:
             tag, row_count, columns, stored, is_inline = rows[0][:5]
             chunks = [(r[6], r[7], r[8]) for r in rows if r[5] is not None] if is_inline else None

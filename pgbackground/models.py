@@ -88,6 +88,8 @@ class Job(models.Model):
     consumed_at = models.DateTimeField(_("result consumed at"), null=True, blank=True)
     cancel_requested_at = models.DateTimeField(_("cancel requested"), null=True, blank=True)
     cancel_deadline = models.DateTimeField(_("cancel deadline"), null=True, blank=True)
+    # Backend pid of the launcher connection that LISTENs for this job's end (see replies.py).
+    reply_pid = models.IntegerField(_("reply to backend pid"), null=True, blank=True)
 
     # Live reporting.
     progress_pct = models.FloatField(_("progress %"), null=True, blank=True)
