@@ -32,6 +32,8 @@ PROGRESS_SQLSTATE = "PGBPR"
 PROGRESS_INTERVAL = 0.1
 # Seconds after which a cancel is sent again while the job's statement still runs.
 CANCEL_RESEND = 0.25
+# The error message of a job canceled by cancel() (PostgreSQL's own says "user request" too).
+CANCELED_BY_USER = "canceling job due to user request"
 
 ExecStatus = pq.ExecStatus
 DF = pq.DiagnosticField
@@ -105,6 +107,8 @@ class Outcome:
     # The kept set's last chunk, not yet stored: the outcome's record statement stores it.
     tail: EncodedChunk | None = None
     tail_seq: int = 0
+    # Record as canceled if cancel() was requested (else as this error).
+    canceled_if_requested: bool = False
 
 
 class CancelReason:
@@ -258,7 +262,7 @@ class Executor:
             outcome.connection_lost = self.conn.broken or self.conn.closed
             if exc.sqlstate == "57014" and self._cancel_was_requested(job.id):
                 outcome.state = "canceled"
-                outcome.failure.message = "canceling job due to user request"
+                outcome.failure.message = CANCELED_BY_USER
                 return outcome, self.reporter
             if outcome.failure.context == "":
                 outcome.failure.context = "while applying the job's role and settings"
@@ -499,7 +503,7 @@ class Executor:
         elif (
             failure is not None
             and failure.sqlstate == "57014"
-            and (cancel_sent or self._cancel_was_requested(job.id))
+            and (cancel_sent or self.control_state.cancel_reason is not None)
         ):
             # Canceled by us (timeout, shutdown, a cancel relayed by the pool), or by cancel()
             # itself, which signals the backend directly when it has no grace.
@@ -511,10 +515,15 @@ class Executor:
                 failure.message = "canceling job because the worker is shutting down"
             else:
                 out.state = "canceled"
-                failure.message = "canceling job due to user request"
+                failure.message = CANCELED_BY_USER
             out.failure = failure
         elif failure is not None:
             out.state, out.failure = "error", failure
+            # A 57014 nobody here asked for: cancel() signals the backend itself, or it is the
+            # SQL's own statement_timeout / a DBA's pg_cancel_backend. The statement that
+            # records the outcome reads which (it waits for a cancel() still in flight: that
+            # holds the row lock while it signals).
+            out.canceled_if_requested = failure.sqlstate == "57014"
         else:
             out.state = "stopped"
         if out.state != "stopped":

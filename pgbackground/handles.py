@@ -295,11 +295,11 @@ class Handle:
                     return False
                 slice_ = check_every if remaining is None else min(check_every, remaining)
                 got = False
-                for notify in conn.notifies(timeout=slice_):
+                # The whole first batch is read (leaving the generator early drops the rest).
+                for notify in conn.notifies(timeout=slice_, stop_after=1):
                     if notify.channel == channel:
                         got = True
-                        break
-                    if box is not None:
+                    elif box is not None:
                         box.note(notify)  # another job of this thread: keep the hint
                 if not got and state == "running":
                     recover_lost_workers(conn)

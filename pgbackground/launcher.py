@@ -6,8 +6,7 @@ from __future__ import annotations
 import math
 import re
 import secrets
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
@@ -21,6 +20,7 @@ from .db import current_launcher_connection, launcher_connection, models_alias
 from .events import QUEUE_CHANNEL
 from .exceptions import TooManyJobs
 from .handles import Handle
+from .prepared import NamedStatement
 from .replies import ReplyBox, box_of
 from .signals import job_launched
 
@@ -216,43 +216,10 @@ def check_gucs_with_server(conn: psycopg.Connection[Any], role: str, gucs: dict[
 # --- capture and insert ------------------------------------------------------------------------
 
 
-@contextmanager
-def caller_cursor(alias: str) -> Iterator[Any]:
-    """A cursor on the caller's own Django connection that binds parameters server-side.
-
-    Django's cursors bind client-side, so PostgreSQL would parse and plan the launch statement
-    on every launch (about half a millisecond); this one binds server-side and prepares.
-    Errors come out as Django's, as from its own cursors.
-    """
-    wrapper = connections[alias]
-    if wrapper.in_atomic_block:
-        wrapper.validate_no_broken_transaction()
-    with wrapper.wrap_database_errors:
-        wrapper.ensure_connection()
-        raw = wrapper.connection
-    if not isinstance(raw, psycopg.Connection):  # pragma: no cover - Django on psycopg2
-        with wrapper.cursor() as cursor:
-            yield cursor
-        return
-    with wrapper.wrap_database_errors, _PreparingCursor(raw) as cursor:
-        yield cursor
-
-
-class _PreparingCursor(psycopg.Cursor[Any]):
-    """Prepares what it executes. Django connects with ``prepare_threshold=None`` unless told
-    otherwise (no automatic preparing); the launch statement is worth preparing (its plan
-    costs as much as running it), as pgbackground's own connections do. Behind a transaction
-    pooler this needs protocol-level prepared statements (PgBouncer 1.21+), as those do."""
-
-    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-        kwargs.setdefault("prepare", True)
-        return super().execute(query, params, **kwargs)
-
-
 def capture_session(alias: str) -> tuple[str, dict[str, str]]:
     """The caller's current role and its session-level settings (pg_settings source 'session'),
     plus its effective TimeZone: timestamps a job prints read as the launcher's would."""
-    with caller_cursor(alias) as cursor:
+    with connections[alias].cursor() as cursor:
         cursor.execute(_CAPTURE_SQL, [sorted(NOT_CARRIED)])
         role, settings = cursor.fetchone()
     return role, dict(settings or {})
@@ -294,6 +261,26 @@ def _insert_sql(*, with_limit: bool, capture: bool, own_commit: bool = False) ->
         + " FROM j"
     )
 
+
+# The launch statement on the caller's autocommit connection, prepared by name on it: Django
+# binds parameters client-side and does not prepare, so PostgreSQL would parse and plan it on
+# every launch (a third of its cost).
+_INLINE_INSERT = NamedStatement(
+    "pgbackground_launch",
+    _insert_sql(with_limit=False, capture=True, own_commit=True),
+    {
+        "cookie": "bigint",
+        "sql": "text",
+        "label": "text",
+        "owner": "integer",
+        "timeout": "double precision",
+        "max_result_bytes": "bigint",
+        "ff": "boolean",
+        "not_carried": "text[]",
+        "sync": "text",
+        "reply_pid": "integer",
+    },
+)
 
 _LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('pgbackground.owner:' || %s, 0))"
 
@@ -337,8 +324,8 @@ def _insert_inline(alias: str, params: dict[str, Any]) -> int | bool | None:
     if params["owner"] is not None or wrapper.in_atomic_block or not wrapper.get_autocommit():
         return False
     try:
-        with caller_cursor(alias) as cursor:
-            return _insert(cursor, params, capture=True, own_commit=True)
+        row = _INLINE_INSERT.execute(alias, params)
+        return None if row is None else int(row[0])
     except DatabaseError as exc:
         if getattr(exc.__cause__, "sqlstate", None) in _RETRY_ELSEWHERE:
             return False
@@ -406,7 +393,7 @@ def launch(
         # The role and settings are read by the inserting statement itself when it can run on
         # the caller's connection: in its transaction (on_commit), or when it is in autocommit.
         if on_commit:
-            with transaction.atomic(using=alias), caller_cursor(alias) as cursor:
+            with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
                 job_id = _insert(cursor, params, capture=True)
         else:
             job_id = _insert_inline(alias, params)
@@ -420,7 +407,7 @@ def launch(
             settings.update(overrides)
         params["role"], params["gucs"] = role, Jsonb(settings)
         if on_commit:
-            with transaction.atomic(using=alias), caller_cursor(alias) as cursor:
+            with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
                 job_id = _insert(cursor, params, capture=False)
         else:
             job_id = _insert_autonomously(params)

@@ -28,6 +28,7 @@ from .conf import app_settings
 from .db import connect, jobs_alias, models_alias
 from .events import CANCEL_CHANNEL, EVENT_COLUMNS, PUBLISH_EXPRS, QUEUE_CHANNEL
 from .executor import (
+    CANCELED_BY_USER,
     CancelReason,
     ClaimedJob,
     Executor,
@@ -61,7 +62,9 @@ FROM j
 _RECORD_SQL = f"""
 WITH j AS (
     UPDATE pgbackground_job SET
-        state = %(state)s, finished_at = clock_timestamp(),
+        state = CASE WHEN %(if_requested)s AND cancel_requested_at IS NOT NULL THEN 'canceled'
+                     ELSE %(state)s END,
+        finished_at = clock_timestamp(),
         sql = CASE WHEN %(redact)s
                    THEN '-- SQL redacted after the run (PGBACKGROUND["REDACT_SQL"]): '
                         || length(sql) || ' characters'
@@ -72,7 +75,9 @@ WITH j AS (
             FROM unnest(%(names)s::text[], %(oids)s::oid[], %(mods)s::int[])
                  WITH ORDINALITY AS t(n, o, m, i)) END,
         result_rows = %(result_rows)s, result_bytes = %(result_bytes)s,
-        error_sqlstate = %(sqlstate)s, error_message = %(message)s,
+        error_sqlstate = %(sqlstate)s,
+        error_message = CASE WHEN %(if_requested)s AND cancel_requested_at IS NOT NULL
+                             THEN %(canceled_message)s ELSE %(message)s END,
         error_detail = %(detail)s, error_hint = %(hint)s, error_context = %(context)s,
         error_position = %(position)s,
         progress_pct = coalesce(%(pct)s, progress_pct),
@@ -285,15 +290,16 @@ class Pool:
                     next_beat = now + self.heartbeat_interval
                 wait = min(0.25, max(0.0, next_beat - time.monotonic()))
                 cancel_seen = False
-                for notify in conn.notifies(timeout=wait):
+                # stop_after=1: back after the first batch, read whole (leaving the generator
+                # early would drop the rest of it, queue notifications included).
+                for notify in conn.notifies(timeout=wait, stop_after=1):
                     if notify.channel == QUEUE_CHANNEL:
                         self.wake_one()
                     elif notify.channel == CANCEL_CHANNEL:
-                        # Leave the generator first: it holds the connection's lock, and the
-                        # cancels are read over this same connection.
                         cancel_seen = True
-                        break
                 if cancel_seen:
+                    # Out of the generator: it holds the connection's lock, and the cancels are
+                    # read over this same connection.
                     self._dispatch_cancel(conn)
             except psycopg.OperationalError as exc:
                 if conn is not None:
@@ -566,6 +572,8 @@ class Slot(threading.Thread):
             "notices": Jsonb(reporter.notices),
             "dropped": reporter.dropped,
             "redact": bool(app_settings.REDACT_SQL),
+            "if_requested": outcome.canceled_if_requested,
+            "canceled_message": CANCELED_BY_USER,
             "tail_seq": outcome.tail_seq,
             "tail_nrows": outcome.tail.nrows if outcome.tail else None,
             "tail_data": outcome.tail.data if outcome.tail else None,
@@ -589,6 +597,8 @@ class Slot(threading.Thread):
                         job.id,
                         outcome.state,
                     )
+                elif row[1] == "canceled" and outcome.state != "canceled" and f is not None:
+                    outcome.state, f.message = "canceled", CANCELED_BY_USER
                 return
             except psycopg.OperationalError as exc:
                 self._close(self.control)

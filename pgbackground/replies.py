@@ -16,6 +16,7 @@ the same way because the new box does not know them.
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections import OrderedDict
 from typing import Any
@@ -46,7 +47,7 @@ class ReplyBox:
     def expect(self, conn: psycopg.Connection[Any], job_id: int, cookie: int) -> None:
         """``job_id`` names this connection's pid: its end will be announced here."""
         self.expected[job_id] = cookie
-        if len(self.expected) > MAX_EXPECTED:
+        while len(self.expected) > MAX_EXPECTED:
             old, _ = self.expected.popitem(last=False)
             self.ended.discard(old)
         self._since_drain += 1
@@ -92,12 +93,20 @@ class ReplyBox:
         """Read the notifications that arrived, waiting up to ``timeout`` seconds, or less once
         the end of ``until`` is announced (then True)."""
         self._since_drain = 0
-        if until is not None and self.take_ended(until):
-            return True
-        for notify in conn.notifies(timeout=timeout):
-            if self.note(notify) is not None and until is not None and self.take_ended(until):
+        deadline = time.monotonic() + timeout
+        while True:
+            if until is not None and self.take_ended(until):
                 return True
-        return False
+            # Never leave the generator in the middle of a batch: psycopg would drop the rest
+            # of it. stop_after=1 ends it after the first batch instead.
+            for notify in conn.notifies(
+                timeout=max(0.0, deadline - time.monotonic()), stop_after=1
+            ):
+                self.note(notify)
+            if until is not None and self.take_ended(until):
+                return True
+            if time.monotonic() >= deadline:
+                return False
 
 
 _boxes: weakref.WeakKeyDictionary[psycopg.Connection[Any], ReplyBox] = (
