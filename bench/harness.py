@@ -239,7 +239,7 @@ def profiled(directory: Path | None, name: str, pool_pid: int) -> Iterator[None]
     if shutil.which("py-spy"):
         spy = subprocess.Popen(
             ["py-spy", "record", "--pid", str(pool_pid), "--threads", "--rate", "250",
-             "--nonblocking", "--output", str(directory / f"{name}-pool.svg")],
+             "--nonblocking", "--format", "raw", "--output", str(directory / f"{name}-pool.txt")],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         assert spy.stdout is not None
