@@ -227,7 +227,8 @@ def watchdog(pool: PoolProcess, deadline_s: float) -> Iterator[Callable[[], str 
 @contextlib.contextmanager
 def profiled(directory: Path | None, name: str, pool_pid: int) -> Iterator[None]:
     """With a directory: cProfile this process (``<name>-launcher.pstats``) and, if py-spy is
-    installed, sample the pool (``<name>-pool.svg``, a flame graph) while the block runs."""
+    installed, sample the pool (``<name>-pool.txt``: collapsed stacks, the input of flame graph
+    tools such as speedscope or flamegraph.pl) while the block runs."""
     if directory is None:
         yield
         return

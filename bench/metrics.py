@@ -53,12 +53,14 @@ class Sizes:
     rows: int
     repeats: int  # of the big result (time: median; memory: max)
     cancels: int
+    claims: int  # claims timed, from a deep queue and from a queue of one
+    claim_queue: int  # jobs queued for the deep-queue claims
 
 
 FULL = Sizes(round_trips=300, warmup=30, jobs=2000, launch_threads=1, jobs_threaded=5000,
-             rows=1_000_000, repeats=3, cancels=30)
+             rows=1_000_000, repeats=3, cancels=30, claims=2000, claim_queue=100_000)
 QUICK = Sizes(round_trips=30, warmup=5, jobs=200, launch_threads=1, jobs_threaded=200,
-              rows=100_000, repeats=1, cancels=5)
+              rows=100_000, repeats=1, cancels=5, claims=50, claim_queue=5_000)
 
 
 @dataclass
@@ -538,10 +540,71 @@ def measure_throughput_threads(ctx: Context) -> list[Metric]:
     return measure_throughput(ctx, jobs=ctx.sizes.jobs_threaded, threads=2)
 
 
+# --- claim latency with a deep queue --------------------------------------------------------------
+
+_CLAIM_SCHEMA = "pgbackground_bench_claim"
+
+
+def _claim_once(conn: psycopg.Connection[Any], worker_id: int) -> float:
+    from pgbackground.pool import _CLAIM_SQL
+
+    t0 = time.perf_counter()
+    row = conn.execute(_CLAIM_SQL, {"worker": worker_id, "pid": 0}).fetchone()
+    elapsed = time.perf_counter() - t0
+    if row is None:
+        raise BenchFailure("the claim found no queued job")
+    return elapsed
+
+
+def measure_claim(ctx: Context) -> list[Metric]:
+    """The pool's own claim statement on a queue of ``claim_queue`` jobs vs a queue of one.
+
+    It runs in a schema of its own (the same tables and indexes, copied), on a connection of
+    this process, so that the running pool cannot take the jobs: each claim is timed alone, in
+    a row of successive claims from the deep queue (their dead index entries included, as a
+    draining pool leaves them)."""
+    n, depth = ctx.sizes.claims, ctx.sizes.claim_queue
+    ctx.log(f"claim: {n} claims from a queue of {depth:,} jobs vs from a queue of one")
+    with psycopg.connect(ctx.url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {_CLAIM_SCHEMA} CASCADE")
+        conn.execute(f"CREATE SCHEMA {_CLAIM_SCHEMA}")
+        for table in ("pgbackground_job", "pgbackground_worker"):
+            conn.execute(f"CREATE TABLE {_CLAIM_SCHEMA}.{table}"
+                         f" (LIKE public.{table} INCLUDING ALL)")
+        conn.execute(f"SET search_path = {_CLAIM_SCHEMA}")
+        worker = conn.execute(
+            "INSERT INTO pgbackground_worker (name, hostname, pid, concurrency)"
+            " VALUES ('bench claim', 'bench', 0, 1) RETURNING id").fetchone()
+        assert worker is not None
+        insert = ("INSERT INTO pgbackground_job (cookie, sql, role, gucs, max_result_bytes,"
+                  " notices) SELECT 1, 'SELECT 1', 'bench', '{}', 0, '[]'"
+                  " FROM generate_series(1, %s)")
+        try:
+            shallow: list[float] = []
+            for i in range(n + 20):
+                conn.execute(insert, [1])
+                t = _claim_once(conn, worker[0])
+                if i >= 20:
+                    shallow.append(_ms(t))
+            conn.execute(insert, [depth])
+            conn.execute("VACUUM ANALYZE pgbackground_job")
+            deep = [_ms(_claim_once(conn, worker[0])) for _ in range(n)]
+        finally:
+            conn.execute(f"DROP SCHEMA {_CLAIM_SCHEMA} CASCADE")
+    mine, base = _summary(deep), _summary(shallow)
+    return [
+        Metric("claim_deep_queue_median_ms",
+               f"claim, {depth:,} queued jobs, median", "ms", mine["median"], base["median"],
+               baseline_note="the same claim statement with one queued job",
+               details={"deep": mine, "one_queued": base}),
+    ]
+
+
 GROUPS: dict[str, Callable[[Context], list[Metric]]] = {
     "roundtrip": measure_round_trip,
     "throughput": measure_throughput,
     "throughput2t": measure_throughput_threads,
     "bigresult": measure_big_result,
     "cancel": measure_cancel_progress,
+    "claim": measure_claim,
 }

@@ -75,10 +75,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="jobs of the two-thread throughput run (issue 6)")
     p.add_argument("--rows", type=int, metavar="N", help="rows of the big result")
     p.add_argument("--repeats", type=int, metavar="N", help="runs of the big result")
+    p.add_argument("--claim-queue", type=int, metavar="N",
+                   help="jobs queued for the deep-queue claim latency (issue 6: 100,000)")
     p.add_argument("--cancels", type=int, metavar="N", help="cancel/progress jobs measured")
     p.add_argument("--profile", type=Path, metavar="DIR",
-                   help="write a cProfile of the launcher and (with py-spy installed) a flame"
-                   " graph of the pool per group to DIR; the numbers then include the overhead")
+                   help="write a cProfile of the launcher and (with py-spy on PATH) the pool's"
+                   " sampled stacks per group to DIR; the numbers then include the overhead")
     p.add_argument("--timeout", type=float, default=900.0, metavar="S",
                    help="cancel everything and fail if the run takes longer (default: 900)")
     args = p.parse_args(argv)
@@ -94,7 +96,7 @@ def sizes_for(args: argparse.Namespace) -> Any:
     overrides = {
         name: getattr(args, name)
         for name in ("round_trips", "jobs", "launch_threads", "jobs_threaded", "rows", "repeats",
-                     "cancels")
+                     "cancels", "claim_queue")
         if getattr(args, name) is not None
     }
     for name, value in overrides.items():

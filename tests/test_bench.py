@@ -26,6 +26,7 @@ METRICS = {
     "launcher_stream_peak_rss_mb",
     "cancel_median_ms",
     "progress_median_ms",
+    "claim_deep_queue_median_ms",
 }
 
 
