@@ -139,8 +139,20 @@ def current_launcher_connection() -> psycopg.Connection[Any] | None:
 
 
 def _launcher_key() -> tuple[Any, ...]:
+    """What the launcher connection was opened for: this process, and where the models alias
+    points (tests repoint it at the test database by editing its settings in place)."""
     alias = models_alias()
-    return (os.getpid(), alias, tuple(sorted(map(str, connection_params(alias).items()))))
+    sd = connections[alias].settings_dict
+    return (
+        os.getpid(),
+        alias,
+        sd.get("NAME"),
+        sd.get("HOST"),
+        sd.get("PORT"),
+        sd.get("USER"),
+        sd.get("PASSWORD"),
+        repr(sd.get("OPTIONS")),
+    )
 
 
 def discard_launcher_connection() -> None:

@@ -224,8 +224,17 @@ class Executor:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self.control_state = JobControl(self._wake_w)
+        # Made once per connection, not per job: the job connection's socket and the wake pipe
+        # (a job's loop), and the socket alone (waiting for the reset).
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(conn.pgconn.socket, selectors.EVENT_READ, "pg")
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._pg_sel = selectors.DefaultSelector()
+        self._pg_sel.register(conn.pgconn.socket, selectors.EVENT_READ)
 
     def close(self) -> None:
+        self._sel.close()
+        self._pg_sel.close()
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -369,14 +378,12 @@ class Executor:
             cancel_sent_at = now
             self._cancel_backend()
 
-        sel = selectors.DefaultSelector()
+        sel = self._sel
         try:
             pgconn.send_query(job.sql.encode("utf-8"))
             pgconn.set_chunked_rows_mode(self.fetch_rows)
             while pgconn.flush():
                 _wait_fd(pgconn.socket, selectors.EVENT_WRITE, 1.0)
-            sel.register(pgconn.socket, selectors.EVENT_READ, "pg")
-            sel.register(self._wake_r, selectors.EVENT_READ, "wake")
             while True:
                 if pgconn.is_busy():
                     now = time.monotonic()
@@ -470,8 +477,6 @@ class Executor:
             out.connection_lost = True
             if failure is None:
                 failure = _lost_failure(exc)
-        finally:
-            sel.close()
 
         if not out.connection_lost:
             tx = pgconn.transaction_status
@@ -571,7 +576,7 @@ class Executor:
         error: str | None = None
         while True:
             while pgconn.is_busy():
-                _wait_fd(pgconn.socket, selectors.EVENT_READ, 1.0)
+                self._pg_sel.select(1.0)
                 pgconn.consume_input()
             res = pgconn.get_result()
             if res is None:
