@@ -104,13 +104,34 @@ FETCH_CHUNKS_SQL = (
 )
 
 
+STREAM_CHUNKS_SQL = (
+    "SELECT seq, nrows, data, nulls FROM pgbackground_jobresultchunk"
+    " WHERE job_id = %s ORDER BY seq"
+)
+
+
 def iter_rows(
-    conn: psycopg.Connection[Any], job_id: int, columns: Sequence[Column], batch: int = 2
+    conn: psycopg.Connection[Any],
+    job_id: int,
+    columns: Sequence[Column],
+    batch: int = 2,
+    *,
+    one_query: bool = False,
 ) -> Iterator[list[tuple[Any, ...]]]:
-    """Stream the stored rows of a job, a chunk at a time (memory stays bounded)."""
+    """Stream the stored rows of a job, a chunk at a time (memory stays bounded).
+
+    With ``one_query``, every chunk comes from one streamed query: PostgreSQL sends the next
+    chunks while this process decodes, but the connection is busy until the iteration ends, so
+    it is only for callers that run nothing else meanwhile. Otherwise ``batch`` chunks a query.
+    """
     tx = make_transformer(conn, columns)
     last = -1
     ncols = len(columns)
+    if one_query:
+        with conn.cursor(binary=True) as cur:
+            for _seq, nrows, data, nulls in cur.stream(STREAM_CHUNKS_SQL, [job_id]):
+                yield decode_chunk(tx, ncols, nrows, data, nulls)
+        return
     while True:
         rows = conn.execute(FETCH_CHUNKS_SQL, [job_id, last, batch], binary=True).fetchall()
         if not rows:
@@ -183,13 +204,13 @@ class Result:
                 raise ResultConsumed("the result rows were already streamed once")
             self._streamed = True
             rows: list[tuple[Any, ...]] = []
-            for batch in self._batches():
+            for batch in self._batches(one_query=True):  # no caller code runs in between
                 rows.extend(batch)
             self._rows = rows
         return self._rows
 
-    def _batches(self) -> Iterator[list[tuple[Any, ...]]]:
-        """The rows, a stored chunk at a time."""
+    def _batches(self, *, one_query: bool = False) -> Iterator[list[tuple[Any, ...]]]:
+        """The rows, a stored chunk at a time (``one_query``: see :func:`iter_rows`)."""
         from .db import launcher_connection
 
         if self._chunks is not None:
@@ -203,7 +224,7 @@ class Result:
             return
         conn = launcher_connection()
         seen = 0
-        for batch in iter_rows(conn, self.job_id, self.columns):
+        for batch in iter_rows(conn, self.job_id, self.columns, one_query=one_query):
             seen += len(batch)
             yield batch
         _drop_chunks(self.job_id)
