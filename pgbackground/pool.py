@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+from django.dispatch import Signal
 from psycopg.types.json import Jsonb
 
 from .conf import app_settings
@@ -114,6 +115,19 @@ _STOP_SQL = (
     "UPDATE pgbackground_worker SET stopped_at = clock_timestamp(), stop_reason = %s"
     " WHERE id = %s AND stopped_at IS NULL"
 )
+# Jobs 'running' under this worker that none of its slots holds: their claim committed but its
+# reply never reached the slot (the connection died in between). They never started: queue them
+# again (recovery only looks at dead workers, so nothing else would).
+_REQUEUE_UNHELD_SQL = f"""
+WITH j AS (
+    UPDATE pgbackground_job SET state = 'queued', started_at = NULL, worker_id = NULL,
+        backend_pid = NULL, event_seq = event_seq + 1
+    WHERE state = 'running' AND worker_id = %(worker)s AND NOT (id = ANY(%(held)s::bigint[]))
+    RETURNING {EVENT_COLUMNS}
+)
+SELECT j.id, pg_notify('{QUEUE_CHANNEL}', j.id::text), {PUBLISH_EXPRS.strip()} FROM j
+"""
+
 _PENDING_CANCELS_SQL = (
     "SELECT id, greatest(0, extract(epoch FROM cancel_deadline - clock_timestamp()))"
     " FROM pgbackground_job WHERE state = 'running' AND worker_id = %s"
@@ -337,7 +351,33 @@ class Pool:
             self.worker_id = int(row2[0])
         recover_lost_workers(conn)
         terminate_orphan_backends(conn)
+        self._requeue_unheld(conn)
         self._dispatch_pending_cancels(conn)
+
+    def _requeue_unheld(self, conn: psycopg.Connection[Any]) -> None:
+        """Queue again the jobs this worker claimed but no slot holds (see _REQUEUE_UNHELD_SQL).
+        The slots' claim locks are held meanwhile, so no claim is between its commit and its
+        slot; a slot busy claiming for long only defers the sweep to the next heartbeat."""
+        taken: list[threading.Lock] = []
+        try:
+            for slot in self.slots:
+                if not slot.claim_lock.acquire(timeout=1.0):
+                    return
+                taken.append(slot.claim_lock)
+            held = [s.held_job for s in self.slots if s.held_job is not None]
+            rows = conn.execute(
+                _REQUEUE_UNHELD_SQL, {"worker": self.worker_id, "held": held}
+            ).fetchall()
+        finally:
+            for lock in taken:
+                lock.release()
+        for row in rows:
+            logger.warning(
+                "job %s: its claim by worker %s committed but never reached a slot"
+                " (connection lost); queued again",
+                row[0],
+                self.worker_id,
+            )
 
     def _dispatch_cancel(self, conn: psycopg.Connection[Any]) -> None:
         """A cancel NOTIFY only says "look": NOTIFY is not authenticated (a job's SQL can send
@@ -362,6 +402,9 @@ class Slot(threading.Thread):
         self.pool = pool
         self.number = number
         self.current_job: int | None = None
+        # The job this slot claimed and has not finished recording (set under claim_lock).
+        self.held_job: int | None = None
+        self.claim_lock = threading.Lock()
         self.control: psycopg.Connection[Any] | None = None
         self.job_conn: psycopg.Connection[Any] | None = None
         self.executor: Executor | None = None
@@ -466,9 +509,11 @@ class Slot(threading.Thread):
     def _claim(self) -> tuple[ClaimedJob | None, bool]:
         """The oldest queued job, now ours, and whether more were queued behind it."""
         assert self.control is not None and self.job_conn is not None
-        row = self.control.execute(
-            _CLAIM_SQL, {"worker": self.pool.worker_id, "pid": self.job_conn.info.backend_pid}
-        ).fetchone()
+        with self.claim_lock:
+            row = self.control.execute(
+                _CLAIM_SQL, {"worker": self.pool.worker_id, "pid": self.job_conn.info.backend_pid}
+            ).fetchone()
+            self.held_job = None if row is None else int(row[0])
         if row is None:
             return None, False
         (
@@ -507,7 +552,9 @@ class Slot(threading.Thread):
         with self._lock:
             self.current_job = job.id
             self.executor.begin_job()  # from now on, cancels for this job reach the executor
-        job_started.send(sender=Pool, job_id=job.id, label=job.label, worker_id=self.pool.worker_id)
+        _send_robust(
+            job_started, job_id=job.id, label=job.label, worker_id=self.pool.worker_id
+        )
         logger.debug("job %s%s started on slot %d", job.id, label, self.number)
         t0 = time.monotonic()
         try:
@@ -529,9 +576,10 @@ class Slot(threading.Thread):
         elapsed = time.monotonic() - t0
         reset_sent = not outcome.connection_lost and self.executor.start_reset()
         self._record(job, outcome, reporter)
+        self.held_job = None
         _log_outcome(job, outcome, elapsed)
-        job_finished.send(
-            sender=Pool,
+        _send_robust(
+            job_finished,
             job_id=job.id,
             label=job.label,
             worker_id=self.pool.worker_id,
@@ -630,6 +678,19 @@ class Slot(threading.Thread):
                 _one_line(exc),
             )
             self._close(self.job_conn)
+
+
+def _send_robust(signal: Signal, **kwargs: Any) -> None:
+    """Send a pool signal; a receiver that raises is logged, never allowed to stop the slot
+    between a claim and the job's outcome."""
+    for receiver, result in signal.send_robust(sender=Pool, **kwargs):
+        if isinstance(result, Exception):
+            logger.error(
+                "receiver %r of a pgbackground signal raised: %s",
+                receiver,
+                _one_line(result),
+                exc_info=result,
+            )
 
 
 def _one_line(exc: BaseException) -> str:

@@ -181,3 +181,23 @@ def test_runworkers_help_and_bad_arguments():
         text=True,
     )
     assert bad.returncode != 0 and "--concurrency must be at least 1" in bad.stderr
+
+
+def test_a_claim_whose_reply_was_lost_is_queued_again_and_runs_once(pool, table):
+    """A claim can commit while its connection dies before the reply reaches the slot: the job
+    is then 'running' under a live worker that does not run it. The pool's heartbeat finds it
+    (no slot holds it) and queues it again; it then runs, once."""
+    cookie = 4242
+    (job_id,) = sql(
+        "INSERT INTO pgbackground_job (cookie, sql, label, role, gucs, max_result_bytes,"
+        " fire_and_forget, notices, state, started_at, worker_id)"
+        f" VALUES (%s, 'INSERT INTO {table} VALUES (''orphan'') RETURNING job', 'orphan',"
+        " current_user, '{}', 1000000, false, '[]', 'running', now(), %s) RETURNING id",
+        [cookie, pool.worker_id],
+    )[0]
+    h = pgb.Handle(job_id, cookie)
+    assert h.wait(30)
+    assert h.state == "stopped"
+    assert h.result().rows == [("orphan",)]
+    assert sql(f"SELECT job FROM {table}") == [("orphan",)]
+    pool.expect(f"job {job_id}: its claim by worker {pool.worker_id} committed but never")
