@@ -230,13 +230,13 @@ class Pool:
         self.wake_all()
         deadline = time.monotonic() + grace
         for slot in self.slots:
-            slot.join(max(0.0, deadline - time.monotonic()))
+            _join(slot, max(0.0, deadline - time.monotonic()))
         self.cancel_running(CancelReason.SHUTDOWN)
         for slot in self.slots:
-            slot.join(30.0)
+            _join(slot, 30.0)
         self.stopped.set()
         if self._listener is not None:
-            self._listener.join(5.0)
+            _join(self._listener, 5.0)
         self._mark_stopped("shutdown")
         logger.info("worker %s stopped", self.worker_id)
 
@@ -678,6 +678,18 @@ class Slot(threading.Thread):
                 _one_line(exc),
             )
             self._close(self.job_conn)
+
+
+def _join(thread: threading.Thread, timeout: float) -> None:
+    """Join in short slices: Python runs signal handlers in the main thread only between its
+    bytecodes, and a signal the kernel hands to another thread does not interrupt a long join
+    (a second Ctrl+C during the shutdown grace would wait for the grace to end)."""
+    deadline = time.monotonic() + timeout
+    while thread.is_alive():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        thread.join(min(remaining, 0.2))
 
 
 def _send_robust(signal: Signal, **kwargs: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -112,7 +113,41 @@ def test_second_signal_cancels_at_once(start_pool, events):
     pool.signal(signal.SIGTERM)
     pool.expect("shutting down")
     pool.signal(signal.SIGINT)
-    assert pool.proc.wait(60) == 0
+    assert _exit_code(pool, 60) == 0
+    assert h.state == "canceled"
+
+
+def _exit_code(pool, timeout: float) -> int:
+    """The pool's exit code; its output in the failure if it does not exit in time."""
+    try:
+        return pool.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the pool did not exit within {timeout} s; its output:\n{pool.output}")
+
+
+def _signal_a_thread_other_than_main(pid: int, signum: int) -> None:
+    """What the kernel may do with a process-directed signal: hand it to any thread."""
+    import ctypes
+    import os
+
+    tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+    assert tids, "the pool runs threads besides the main one"
+    libc = ctypes.CDLL(None, use_errno=True)
+    sys_tgkill = 234  # x86_64
+    assert libc.syscall(sys_tgkill, pid, tids[0], signum) == 0, ctypes.get_errno()
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or os.uname().machine != "x86_64", reason="tgkill via syscall number"
+)
+def test_second_signal_reaching_another_thread_still_cancels_at_once(start_pool, events):
+    pool = start_pool("--concurrency", "1", "--shutdown-grace", "600")
+    h = pgb.launch("SELECT pgbackground_progress(1, 'go'); SELECT pg_sleep(60)")
+    started(h, events)
+    pool.signal(signal.SIGTERM)
+    pool.expect("shutting down")
+    _signal_a_thread_other_than_main(pool.proc.pid, signal.SIGINT)
+    assert _exit_code(pool, 30) == 0
     assert h.state == "canceled"
 
 
