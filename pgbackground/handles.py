@@ -145,7 +145,9 @@ WITH j AS (
                                 clock_timestamp() + make_interval(secs => %(grace)s)),
         event_seq = event_seq + 1
     WHERE id = ANY(%(ids)s) AND (%(cookie)s::bigint IS NULL OR cookie = %(cookie)s)
-      AND state IN ('queued', 'running')
+      -- "not finished", written so that the planner looks the ids up by primary key instead of
+      -- walking the partial index of every queued and running job
+      AND state <> ALL (ARRAY['stopped', 'canceled', 'error'])
     RETURNING {EVENT_COLUMNS}, cancel_deadline, backend_pid
 )
 SELECT j.id, j.state, {PUBLISH_EXPRS},

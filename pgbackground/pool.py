@@ -87,7 +87,9 @@ WITH j AS (
                            ELSE clock_timestamp() END,
         notices = notices || %(notices)s, notices_dropped = %(dropped)s,
         event_seq = event_seq + 1
-    WHERE id = %(id)s AND state = 'running' AND worker_id = %(worker)s
+    -- One row by its primary key. (The row comparison keeps the planner off the partial index
+    -- of running jobs, whose entries for this worker, dead ones included, it would walk.)
+    WHERE id = %(id)s AND (state, worker_id) IS NOT DISTINCT FROM ('running', %(worker)s::bigint)
     RETURNING {EVENT_COLUMNS}, detached,
               extract(epoch FROM finished_at - started_at) AS run_seconds
 ), d AS (
