@@ -540,6 +540,26 @@ def measure_throughput_threads(ctx: Context) -> list[Metric]:
     return measure_throughput(ctx, jobs=ctx.sizes.jobs_threaded, threads=2)
 
 
+# --- the same without carrying session settings -----------------------------------------------
+
+
+def measure_without_carry_over(ctx: Context) -> list[Metric]:
+    """The round trip and the two-thread throughput with PGBACKGROUND["CARRY_SESSION_SETTINGS"]
+    off (only role and TimeZone carried): what the SPEC's settings carry-over costs."""
+    from django.test import override_settings
+
+    ctx.log("without session carry-over (CARRY_SESSION_SETTINGS = False):")
+    with override_settings(PGBACKGROUND={"CARRY_SESSION_SETTINGS": False}):
+        found = measure_round_trip(ctx)[:1] + measure_throughput_threads(ctx)
+    renamed = []
+    for m in found:
+        key = m.key.replace("roundtrip_", "roundtrip_nocarry_").replace(
+            "throughput_2threads_", "throughput_2threads_nocarry_")
+        renamed.append(Metric(key, m.label + ", no session carry-over", m.unit, m.value,
+                              m.baseline, m.baseline_note, m.details))
+    return renamed
+
+
 # --- claim latency with a deep queue --------------------------------------------------------------
 
 _CLAIM_SCHEMA = "pgbackground_bench_claim"
@@ -607,4 +627,5 @@ GROUPS: dict[str, Callable[[Context], list[Metric]]] = {
     "bigresult": measure_big_result,
     "cancel": measure_cancel_progress,
     "claim": measure_claim,
+    "nocarry": measure_without_carry_over,
 }

@@ -32,6 +32,11 @@ DEFAULTS: dict[str, Any] = {
     # saves a WAL flush per write; a PostgreSQL *crash* (not a clean restart) may then lose the
     # last fraction of a second of them. The jobs' own SQL always commits as the server says.
     "SYNCHRONOUS_COMMIT": "off",
+    # Carry the launcher's session-level settings (pg_settings source 'session') to its jobs,
+    # like pg_background. False: only its role and TimeZone (plus gucs=) are carried, and each
+    # launch saves PostgreSQL building pg_settings (about 0.4 ms of server CPU; see
+    # docs/performance.md). For applications that never SET session settings before launching.
+    "CARRY_SESSION_SETTINGS": True,
     # Replace a job's SQL text by a placeholder once it has run (SQL can hold secrets).
     "REDACT_SQL": False,
     # Keep result rows for result(); off: every job is fire-and-forget (state, errors and

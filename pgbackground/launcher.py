@@ -53,6 +53,10 @@ _CAPTURE_SQL = (
     " FILTER (WHERE lower(name) <> ALL(%s)), '{}')"
     " FROM pg_settings WHERE source = 'session' OR name = 'TimeZone'"
 )
+# CARRY_SESSION_SETTINGS off: the role and the effective TimeZone only (no pg_settings scan).
+_CAPTURE_ROLE_SQL = (
+    "SELECT current_user::text, json_build_object('TimeZone', current_setting('TimeZone'))"
+)
 
 _INSERT_COLUMNS = (
     "cookie, sql, label, owner_id, role, gucs, timeout, max_result_bytes, fire_and_forget, notices,"
@@ -220,7 +224,10 @@ def capture_session(alias: str) -> tuple[str, dict[str, str]]:
     """The caller's current role and its session-level settings (pg_settings source 'session'),
     plus its effective TimeZone: timestamps a job prints read as the launcher's would."""
     with connections[alias].cursor() as cursor:
-        cursor.execute(_CAPTURE_SQL, [sorted(NOT_CARRIED)])
+        if app_settings.CARRY_SESSION_SETTINGS:
+            cursor.execute(_CAPTURE_SQL, [sorted(NOT_CARRIED)])
+        else:
+            cursor.execute(_CAPTURE_ROLE_SQL)
         role, settings = cursor.fetchone()
     return role, dict(settings or {})
 
@@ -232,9 +239,15 @@ _CAPTURE_CTE = (
     " FILTER (WHERE lower(name) <> ALL(%(not_carried)s)), '{}') AS gucs"
     " FROM pg_settings WHERE source = 'session' OR name = 'TimeZone')"
 )
+_CAPTURE_ROLE_CTE = (
+    "s AS (SELECT current_user::text AS role,"
+    " jsonb_build_object('TimeZone', current_setting('TimeZone')) AS gucs)"
+)
 
 
-def _insert_sql(*, with_limit: bool, capture: bool, own_commit: bool = False) -> str:
+def _insert_sql(
+    *, with_limit: bool, capture: bool, own_commit: bool = False, role_only: bool = False
+) -> str:
     """INSERT the job and NOTIFY the pools; with ``capture``, read the role and settings of the
     connection it runs on; with ``with_limit``, insert nothing if the owner is at MAX_WORKERS;
     with ``own_commit`` (an autocommit statement on the caller's connection), commit it with
@@ -249,7 +262,7 @@ def _insert_sql(*, with_limit: bool, capture: bool, own_commit: bool = False) ->
     role, gucs = ("s.role", "s.gucs") if capture else ("%(role)s", "%(gucs)s")
     return (
         "WITH "
-        + (_CAPTURE_CTE + ", " if capture else "")
+        + ((_CAPTURE_ROLE_CTE if role_only else _CAPTURE_CTE) + ", " if capture else "")
         + f"j AS (INSERT INTO pgbackground_job ({_INSERT_COLUMNS})"
         " SELECT %(cookie)s, %(sql)s, %(label)s, %(owner)s,"
         f" {role}, {gucs}, %(timeout)s, %(max_result_bytes)s, %(ff)s, '[]'::jsonb,"
@@ -265,21 +278,27 @@ def _insert_sql(*, with_limit: bool, capture: bool, own_commit: bool = False) ->
 # The launch statement on the caller's autocommit connection, prepared by name on it: Django
 # binds parameters client-side and does not prepare, so PostgreSQL would parse and plan it on
 # every launch (a third of its cost).
+_LAUNCH_TYPES = {
+    "cookie": "bigint",
+    "sql": "text",
+    "label": "text",
+    "owner": "integer",
+    "timeout": "double precision",
+    "max_result_bytes": "bigint",
+    "ff": "boolean",
+    "not_carried": "text[]",
+    "sync": "text",
+    "reply_pid": "integer",
+}
 _INLINE_INSERT = NamedStatement(
     "pgbackground_launch",
     _insert_sql(with_limit=False, capture=True, own_commit=True),
-    {
-        "cookie": "bigint",
-        "sql": "text",
-        "label": "text",
-        "owner": "integer",
-        "timeout": "double precision",
-        "max_result_bytes": "bigint",
-        "ff": "boolean",
-        "not_carried": "text[]",
-        "sync": "text",
-        "reply_pid": "integer",
-    },
+    _LAUNCH_TYPES,
+)
+_INLINE_INSERT_ROLE = NamedStatement(  # PGBACKGROUND["CARRY_SESSION_SETTINGS"] = False
+    "pgbackground_launch",
+    _insert_sql(with_limit=False, capture=True, own_commit=True, role_only=True),
+    _LAUNCH_TYPES,
 )
 
 _LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('pgbackground.owner:' || %s, 0))"
@@ -297,7 +316,12 @@ def _insert(
     owner = params["owner"]
     if owner is not None:
         cursor.execute(_LOCK_SQL, [owner])
-    sql = _insert_sql(with_limit=owner is not None, capture=capture, own_commit=own_commit)
+    sql = _insert_sql(
+        with_limit=owner is not None,
+        capture=capture,
+        own_commit=own_commit,
+        role_only=not app_settings.CARRY_SESSION_SETTINGS,
+    )
     cursor.execute(sql, params)
     row = cursor.fetchone()
     return None if row is None else int(row[0])
@@ -324,7 +348,8 @@ def _insert_inline(alias: str, params: dict[str, Any]) -> int | bool | None:
     if params["owner"] is not None or wrapper.in_atomic_block or not wrapper.get_autocommit():
         return False
     try:
-        row = _INLINE_INSERT.execute(alias, params)
+        statement = _INLINE_INSERT if app_settings.CARRY_SESSION_SETTINGS else _INLINE_INSERT_ROLE
+        row = statement.execute(alias, params)
         return None if row is None else int(row[0])
     except DatabaseError as exc:
         if getattr(exc.__cause__, "sqlstate", None) in _RETRY_ELSEWHERE:

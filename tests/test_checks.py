@@ -33,6 +33,7 @@ def test_defaults_pass():
         ({"RESULT_RETENTION": timedelta(days=-1)}, "pgbackground.E013"),
         ({"HEARTBEAT_INTERVAL": 5, "WORKER_LOST_AFTER": 6}, "pgbackground.E014"),
         ({"DATABASE": "nope"}, "pgbackground.E015"),
+        ({"CARRY_SESSION_SETTINGS": "no"}, "pgbackground.E020"),
         ({"MAX_WORKER": 3}, "pgbackground.E002"),
     ],
 )

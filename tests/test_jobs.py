@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 from django.db import connection, transaction
+from django.test import override_settings
 
 import pgbackground as pgb
 from pgbackground.models import Job, JobResultChunk
@@ -318,6 +319,39 @@ def test_session_settings_carry_over_and_overrides_win(pool):
             c.execute("RESET ALL")
     assert h.result().rows == [("7MB", "9s", "y")]
     assert h.job().gucs["lock_timeout"] == "9s"
+
+
+@pytest.mark.parametrize("on_commit", [False, True])
+@pytest.mark.parametrize("overrides", [None, {"myapp.x": "y"}])
+def test_without_session_carry_over_only_role_and_time_zone_travel(pool, on_commit, overrides):
+    sql("DROP ROLE IF EXISTS pgb_test_carry")
+    sql("CREATE ROLE pgb_test_carry NOLOGIN")
+    with connection.cursor() as c:
+        default_work_mem = sql("SHOW work_mem")[0][0]
+        c.execute("SET work_mem = '7MB'")
+        c.execute("SET TimeZone = 'Asia/Tokyo'")
+        if not on_commit:  # on_commit inserts in the caller's transaction, as its current role
+            c.execute("SET ROLE pgb_test_carry")
+    try:
+        with override_settings(PGBACKGROUND={"CARRY_SESSION_SETTINGS": False}):
+            h = pgb.launch(
+                "SELECT current_setting('work_mem'), current_setting('TimeZone'),"
+                " current_user::text, current_setting('myapp.x', true)",
+                gucs=overrides,
+                on_commit=on_commit,
+            )
+    finally:
+        with connection.cursor() as c:
+            c.execute("RESET ALL")
+            c.execute("RESET ROLE")
+    try:
+        role = sql("SELECT current_user::text")[0][0] if on_commit else "pgb_test_carry"
+        assert h.result().rows == [
+            (default_work_mem, "Asia/Tokyo", role, "y" if overrides else None)
+        ]
+        assert "work_mem" not in h.job().gucs
+    finally:
+        sql("DROP ROLE IF EXISTS pgb_test_carry")
 
 
 def test_jobs_run_as_the_launchers_current_role(pool):
