@@ -1,0 +1,82 @@
+"""The per-job statements find their job by primary key, whatever the parameters.
+
+Prepared statements run with generic plans after a few executions, planned without the
+parameters' values. A partial index whose predicate the WHERE clause implies (running jobs,
+queued and running jobs) then looks as cheap as the primary key at an empty table, and is walked
+entry by entry, dead ones included, once the queue is busy. This checks the plans, not timings.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from pgbackground import executor, handles, pool
+from tests.helpers import raw_connection
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+_NAMED = re.compile(r"%\((\w+)\)s")
+_INDEX_SCAN = re.compile(r"(?:Index Scan|Index Only Scan) using (\w+)|Bitmap Index Scan on (\w+)")
+
+
+def generic_plan(sql: str) -> str:
+    """EXPLAIN of ``sql`` (psycopg placeholders) as a generic plan, parameters unknown."""
+    names = list(dict.fromkeys(_NAMED.findall(sql)))
+    body = _NAMED.sub(lambda m: f"${names.index(m.group(1)) + 1}", sql).replace("%%", "%")
+    with raw_connection() as conn:
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        conn.execute(f"PREPARE probe AS {body}")
+        nulls = ", ".join(["NULL"] * len(names))
+        rows = conn.execute(f"EXPLAIN EXECUTE probe({nulls})").fetchall()
+    return "\n".join(r[0] for r in rows)
+
+
+def job_table_scans(plan: str) -> list[str]:
+    """The scans of pgbackground_job in a plan (index names, or 'Seq Scan')."""
+    scans = []
+    for line in plan.splitlines():
+        m = _INDEX_SCAN.search(line)
+        index = m and (m.group(1) or m.group(2))
+        if index and index.startswith(("pgbackground_job_", "pgb_job_")):
+            scans.append(index)
+        elif re.search(r"Seq Scan on pgbackground_job\b", line):
+            scans.append("Seq Scan")
+    return scans
+
+
+@pytest.fixture(autouse=True)
+def busy_table() -> None:
+    """A table like a busy deployment's: mostly finished jobs, some queued and running, with
+    statistics (an empty table makes every plan a sequential scan)."""
+    with raw_connection() as conn:
+        conn.execute(
+            "INSERT INTO pgbackground_job (cookie, sql, role, gucs, max_result_bytes, notices,"
+            " state) SELECT g, 'SELECT 1', 'r', '{}', 0, '[]',"
+            " CASE WHEN g % 50 = 0 THEN 'queued' WHEN g % 50 = 1 THEN 'running'"
+            " ELSE 'stopped' END FROM generate_series(1, 20000) g"
+        )
+        conn.execute("ANALYZE pgbackground_job")
+
+
+@pytest.mark.parametrize(
+    ("name", "sql"),
+    [
+        ("record the outcome", pool._RECORD_SQL),
+        ("cancel", handles._CANCEL_SQL),
+        ("progress", executor._PROGRESS_SQL),
+        ("consume the result", handles._CONSUME_SQL),
+        ("detach", handles._DETACH_SQL),
+    ],
+)
+def test_per_job_statements_use_the_primary_key(name, sql):
+    scans = job_table_scans(generic_plan(sql))
+    assert scans, name
+    assert set(scans) == {"pgbackground_job_pkey"}, (name, scans)
+
+
+def test_the_claim_takes_the_oldest_queued_job_by_its_partial_index():
+    scans = job_table_scans(generic_plan(pool._CLAIM_SQL))
+    assert scans[0] == "pgb_job_queued_idx", scans
+    assert "pgbackground_job_pkey" in scans, scans
