@@ -540,6 +540,51 @@ def measure_throughput_threads(ctx: Context) -> list[Metric]:
     return measure_throughput(ctx, jobs=ctx.sizes.jobs_threaded, threads=2)
 
 
+# --- the pool alone: a queue filled beforehand ---------------------------------------------------
+
+
+def measure_drain(ctx: Context) -> list[Metric]:
+    """How fast the pool empties a queue filled by one INSERT (no launcher competing for the
+    CPUs): jobs per second from the first claim to the last outcome (server clock)."""
+    import pgbackground as pgb
+    from pgbackground.events import QUEUE_CHANNEL
+
+    n = ctx.sizes.jobs_threaded
+    ctx.log(f"drain: {n} x SELECT 1 queued by one INSERT, run by the pool alone")
+    with psycopg.connect(ctx.url, autocommit=True) as conn:
+        with conn.transaction():
+            rows = conn.execute(
+                "INSERT INTO pgbackground_job (cookie, sql, role, gucs, max_result_bytes,"
+                " notices) SELECT g, 'SELECT 1', current_user, '{}', 1048576, '[]'"
+                " FROM generate_series(1, %s) g RETURNING id, cookie", [n]).fetchall()
+            for slot in range(ctx.concurrency):  # one wake-up per slot (payloads differ)
+                conn.execute("SELECT pg_notify(%s, %s)", [QUEUE_CHANNEL, f"bench {slot}"])
+        # Wait without competing for the CPUs: for the last job, then for any still unfinished.
+        cookies = dict(rows)
+        pending = [max(cookies)]
+        while pending:
+            for job_id in pending:
+                if not pgb.Handle(job_id, cookies[job_id]).wait(EVENT_TIMEOUT):
+                    raise BenchFailure(f"job {job_id} of the drained queue did not finish")
+            pending = [r[0] for r in conn.execute(
+                "SELECT id FROM pgbackground_job WHERE id = ANY(%s)"
+                " AND state IN ('queued', 'running')", [list(cookies)]).fetchall()]
+        span, states = conn.execute(
+            "SELECT extract(epoch FROM max(finished_at) - min(started_at))::float8,"
+            " array_agg(DISTINCT state) FROM pgbackground_job WHERE id = ANY(%s)",
+            [[r[0] for r in rows]]).fetchone()  # type: ignore[misc]
+    if states != ["stopped"]:
+        raise BenchFailure(f"drained jobs ended {states}")
+    t0 = time.perf_counter()
+    for _ in range(n):
+        ctx.direct.execute("SELECT 1").fetchall()
+    direct = time.perf_counter() - t0
+    return [Metric("drain_jobs_per_s",
+                   f"jobs/s, {n:,} x SELECT 1 queued beforehand, --concurrency {ctx.concurrency}",
+                   "jobs/s", n / span, n / direct,
+                   details={"jobs": n, "span_s": span, "direct_elapsed_s": direct})]
+
+
 # --- the same without carrying session settings -----------------------------------------------
 
 
@@ -627,5 +672,6 @@ GROUPS: dict[str, Callable[[Context], list[Metric]]] = {
     "bigresult": measure_big_result,
     "cancel": measure_cancel_progress,
     "claim": measure_claim,
+    "drain": measure_drain,
     "nocarry": measure_without_carry_over,
 }

@@ -27,6 +27,7 @@ METRICS = {
     "cancel_median_ms",
     "progress_median_ms",
     "claim_deep_queue_median_ms",
+    "drain_jobs_per_s",
     "roundtrip_nocarry_median_ms",
     "throughput_2threads_nocarry_jobs_per_s",
 }
