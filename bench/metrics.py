@@ -55,12 +55,15 @@ class Sizes:
     cancels: int
     claims: int  # claims timed, from a deep queue and from a queue of one
     claim_queue: int  # jobs queued for the deep-queue claims
+    big_sql_rows: int  # rows of the INSERT of the big SQL script
 
 
 FULL = Sizes(round_trips=300, warmup=30, jobs=2000, launch_threads=1, jobs_threaded=5000,
-             rows=1_000_000, repeats=3, cancels=30, claims=2000, claim_queue=100_000)
+             rows=1_000_000, repeats=3, cancels=30, claims=2000, claim_queue=100_000,
+             big_sql_rows=100_000)
 QUICK = Sizes(round_trips=30, warmup=5, jobs=200, launch_threads=1, jobs_threaded=200,
-              rows=100_000, repeats=1, cancels=5, claims=50, claim_queue=5_000)
+              rows=100_000, repeats=1, cancels=5, claims=50, claim_queue=5_000,
+              big_sql_rows=2_000)
 
 
 @dataclass
@@ -540,6 +543,37 @@ def measure_throughput_threads(ctx: Context) -> list[Metric]:
     return measure_throughput(ctx, jobs=ctx.sizes.jobs_threaded, threads=2)
 
 
+# --- a large SQL string -------------------------------------------------------------------------
+
+
+def measure_big_sql(ctx: Context) -> list[Metric]:
+    """launch() + wait() of a multi-megabyte SQL script (one INSERT of many rows into a temporary
+    table) vs the same script run directly: what handling the text costs (validation, the
+    COPY check, storing and reading it), next to PostgreSQL's own parse and run."""
+    import pgbackground as pgb
+
+    rows = ctx.sizes.big_sql_rows
+    script = ("CREATE TEMP TABLE bench_big_sql (n int, t text, x float8, z text);"
+              " INSERT INTO bench_big_sql VALUES "
+              + ", ".join(f"({i}, 'value {i}', 3.5, NULL)" for i in range(rows)) + ";")
+    ctx.log(f"big SQL: a {len(script) / 1e6:.1f} MB script, launched vs run directly")
+    ours, direct = [], []
+    for _ in range(ctx.sizes.repeats):
+        t0 = time.perf_counter()
+        h = pgb.launch(script)
+        if not h.wait(EVENT_TIMEOUT) or h.state != "stopped":
+            raise BenchFailure(f"the big SQL job ended {h.state}")
+        ours.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ctx.direct.execute(script.encode())
+        direct.append(time.perf_counter() - t0)
+        ctx.direct.execute("DROP TABLE bench_big_sql")
+    mine, base = statistics.median(ours), statistics.median(direct)
+    return [Metric("big_sql_s", f"launch()+wait() of a {len(script) / 1e6:.1f} MB SQL script",
+                   "s", mine, base, baseline_note="the same script run directly",
+                   details={"chars": len(script), "ours": ours, "direct": direct})]
+
+
 # --- the pool alone: a queue filled beforehand ---------------------------------------------------
 
 
@@ -673,5 +707,6 @@ GROUPS: dict[str, Callable[[Context], list[Metric]]] = {
     "cancel": measure_cancel_progress,
     "claim": measure_claim,
     "drain": measure_drain,
+    "bigsql": measure_big_sql,
     "nocarry": measure_without_carry_over,
 }

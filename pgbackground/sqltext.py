@@ -95,12 +95,21 @@ def statements(sql: str) -> list[list[str]]:
 
 
 def is_blank(sql: str) -> bool:
-    """True when the string holds no statement: only white space, comments and semicolons."""
-    return not statements(sql)
+    """True when the string holds no statement: only white space, comments and semicolons.
+    (Reads up to the first token of a statement only: launch() calls it on every string.)"""
+    return all(token == ";" for token in _tokens(sql))
+
+
+# A client-side COPY spells out both words (PostgreSQL allows no comment inside a keyword), so a
+# string without them needs no lexing: this C-level search keeps large scripts cheap.
+_MAY_COPY = re.compile(r"copy", re.IGNORECASE)
+_MAY_STDIO = re.compile(r"std(?:in|out)", re.IGNORECASE)
 
 
 def client_copy(sql: str) -> str | None:
     """``"FROM STDIN"`` or ``"TO STDOUT"`` if a statement of the string is a client-side COPY."""
+    if not (_MAY_COPY.search(sql) and _MAY_STDIO.search(sql)):
+        return None
     for tokens in statements(sql):
         if tokens[0] != "COPY":
             continue

@@ -28,6 +28,7 @@ METRICS = {
     "progress_median_ms",
     "claim_deep_queue_median_ms",
     "drain_jobs_per_s",
+    "big_sql_s",
     "roundtrip_nocarry_median_ms",
     "throughput_2threads_nocarry_jobs_per_s",
 }
