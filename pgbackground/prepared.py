@@ -39,17 +39,24 @@ def _sqlstate(exc: BaseException) -> str | None:
     return getattr(exc.__cause__, "sqlstate", None)
 
 
+def to_positional(sql: str) -> tuple[str, list[str]]:
+    """``sql`` with its ``%(name)s`` placeholders numbered ``$1``, ``$2``... in order of first
+    appearance (``%%`` unescaped), and the parameter names in that order."""
+    order = list(dict.fromkeys(_NAMED_PARAM.findall(sql)))
+    positions = {name: n for n, name in enumerate(order, 1)}
+    body = _NAMED_PARAM.sub(lambda m: f"${positions[m.group(1)]}", sql).replace("%%", "%")
+    return body, order
+
+
 class NamedStatement:
     """One statement with ``%(name)s`` parameters, run prepared on Django connections."""
 
     def __init__(self, prefix: str, sql: str, types: dict[str, str]) -> None:
         self.sql = sql
-        self.order = list(dict.fromkeys(_NAMED_PARAM.findall(sql)))
+        body, self.order = to_positional(sql)
         missing = set(self.order) - set(types)
         if missing:
             raise ValueError(f"no type for parameters {sorted(missing)}")
-        positions = {name: n for n, name in enumerate(self.order, 1)}
-        body = _NAMED_PARAM.sub(lambda m: f"${positions[m.group(1)]}", sql).replace("%%", "%")
         # The name changes with the text: a pooled server connection may hold an older one.
         digest = hashlib.sha1(body.encode(), usedforsecurity=False).hexdigest()[:10]
         self.name = f"{prefix}_{digest}"
@@ -64,21 +71,19 @@ class NamedStatement:
             state = _states.get(wrapper.connection)
             if state is None:
                 state = _states.setdefault(wrapper.connection, _ConnectionState())
-            if state.unusable:
-                cursor.execute(self.sql, params)
-                return cursor.fetchone()
-            args = [params[name] for name in self.order]
-            for _ in range(2):
-                if self.name not in state.prepared:
-                    self._prepare(cursor, state)
-                try:
-                    cursor.execute(self.execute_sql, args)
-                    return cursor.fetchone()
-                except DatabaseError as exc:
-                    if _sqlstate(exc) != _UNDEFINED_STATEMENT:
-                        raise
-                    state.prepared.discard(self.name)
-            state.unusable = True
+            if not state.unusable:
+                args = [params[name] for name in self.order]
+                for _ in range(2):
+                    if self.name not in state.prepared:
+                        self._prepare(cursor, state)
+                    try:
+                        cursor.execute(self.execute_sql, args)
+                        return cursor.fetchone()
+                    except DatabaseError as exc:
+                        if _sqlstate(exc) != _UNDEFINED_STATEMENT:
+                            raise
+                        state.prepared.discard(self.name)
+                state.unusable = True  # prepared twice, gone twice: a pooler
             cursor.execute(self.sql, params)
             return cursor.fetchone()
 

@@ -13,18 +13,17 @@ import re
 import pytest
 
 from pgbackground import executor, handles, pool
+from pgbackground.prepared import to_positional
 from tests.helpers import raw_connection
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-_NAMED = re.compile(r"%\((\w+)\)s")
 _INDEX_SCAN = re.compile(r"(?:Index Scan|Index Only Scan) using (\w+)|Bitmap Index Scan on (\w+)")
 
 
 def generic_plan(sql: str) -> str:
     """EXPLAIN of ``sql`` (psycopg placeholders) as a generic plan, parameters unknown."""
-    names = list(dict.fromkeys(_NAMED.findall(sql)))
-    body = _NAMED.sub(lambda m: f"${names.index(m.group(1)) + 1}", sql).replace("%%", "%")
+    body, names = to_positional(sql)
     with raw_connection() as conn:
         conn.execute("SET plan_cache_mode = force_generic_plan")
         conn.execute(f"PREPARE probe AS {body}")
