@@ -266,7 +266,7 @@ class Handle:
         the deadline passes first."""
         from .recovery import recover_lost_workers
 
-        check_every = max(float(app_settings.WORKER_LOST_AFTER), 0.5)
+        check_every = _lost_check_interval()
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             slice_ = check_every if remaining is None else max(0.0, min(check_every, remaining))
@@ -290,7 +290,7 @@ class Handle:
         channel = job_channel(self.id)
         state = _listen_and_read_state(conn, channel, self.id, self.cookie)
         try:
-            check_every = max(float(app_settings.WORKER_LOST_AFTER), 0.5)
+            check_every = _lost_check_interval()
             while state not in TERMINAL:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -462,6 +462,12 @@ def _listen_and_read_state(
     return str(state)
 
 
+def _lost_check_interval() -> float:
+    """Seconds a wait sleeps on notifications before it reads the job row and looks for dead
+    workers anyway (a job of a dead pool ends 08006 even when no pool is left)."""
+    return max(float(app_settings.WORKER_LOST_AFTER), 0.5)
+
+
 def _validate_timeout(timeout: object) -> float | None:
     from .launcher import validate_seconds
 
@@ -539,7 +545,7 @@ class AsyncHandle:
         conn = await aconnect(models_alias(), application_name="pgbackground waiter")
         try:
             await conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(channel)))
-            check_every = max(float(app_settings.WORKER_LOST_AFTER), 0.5)
+            check_every = _lost_check_interval()
             while True:
                 cur = await conn.execute(
                     "SELECT cookie, state FROM pgbackground_job WHERE id = %s", [self.id]
