@@ -9,7 +9,6 @@ and kept in tests/artifacts/reliability-figures.json (one key per figure, last r
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
@@ -47,22 +46,6 @@ def print_figures(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     for name, value in _figures[start:]:
         reporter.write_line(f"figure  {name} = {json.dumps(value, default=str)}")
-
-
-@pytest.fixture
-def pool_timing(settings: Any) -> None:
-    """Give the test process the pools' HEARTBEAT_INTERVAL / WORKER_LOST_AFTER / POLL_INTERVAL.
-
-    conftest.py puts them in the environment after pytest-django has already read the settings,
-    so only the runworkers subprocesses see them; the test process would otherwise recover lost
-    workers in wait() with the defaults (10 s)."""
-    env = os.environ
-    settings.PGBACKGROUND = {
-        **settings.PGBACKGROUND,
-        "HEARTBEAT_INTERVAL": float(env.get("PGBACKGROUND_HEARTBEAT_INTERVAL", 2.0)),
-        "WORKER_LOST_AFTER": float(env.get("PGBACKGROUND_WORKER_LOST_AFTER", 10.0)),
-        "POLL_INTERVAL": float(env.get("PGBACKGROUND_POLL_INTERVAL", 5.0)),
-    }
 
 
 def wait_terminal(

@@ -28,7 +28,6 @@ from tests.reliability import (
     TERMINAL,
     Events,
     counts,
-    pool_timing,  # noqa: F401 - fixture, used below
     print_figures,  # noqa: F401 - module fixture, used below
     record,
     wait_terminal,
@@ -37,7 +36,7 @@ from tests.reliability import (
 pytestmark = [
     pytest.mark.pool,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("print_figures", "pool_timing"),
+    pytest.mark.usefixtures("print_figures"),
 ]
 
 # A job that marks its start (a row that commits only if the job does, then progress 1) and

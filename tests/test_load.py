@@ -19,7 +19,6 @@ from pgbackground.db import discard_launcher_connection
 from tests.helpers import sql
 from tests.reliability import (
     counts,
-    pool_timing,  # noqa: F401 - fixture, used below
     print_figures,  # noqa: F401 - module fixture, used below
     record,
     wait_terminal,
@@ -28,7 +27,7 @@ from tests.reliability import (
 pytestmark = [
     pytest.mark.pool,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("print_figures", "pool_timing"),
+    pytest.mark.usefixtures("print_figures"),
 ]
 
 

@@ -48,7 +48,6 @@ from tests.poolproc import ROOT, database_url
 from tests.reliability import (
     Events,
     median,
-    pool_timing,  # noqa: F401 - fixture, used below
     print_figures,  # noqa: F401 - module fixture, used below
     record,
 )
@@ -56,7 +55,7 @@ from tests.test_consumers import expect_close, job_path, live_test, open_socket,
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("print_figures", "pool_timing"),
+    pytest.mark.usefixtures("print_figures"),
 ]
 
 ROLES = ("pgbt_app", "pgbt_reporting", "pgbt_outsider", "pgbt_other_app", "pgbt_runner")
