@@ -91,7 +91,12 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 id="pgbackground.E014",
             )
         )
-    for code, key in ((18, "REDACT_SQL"), (19, "STORE_RESULTS"), (20, "CARRY_SESSION_SETTINGS")):
+    for code, key in (
+        (18, "REDACT_SQL"),
+        (19, "STORE_RESULTS"),
+        (20, "CARRY_SESSION_SETTINGS"),
+        (21, "CACHE_SESSION_SETTINGS"),
+    ):
         errors.extend(_need(isinstance(s[key], bool), key, s[key], "True or False", code))
     sync = s["SYNCHRONOUS_COMMIT"]
     if sync not in ("on", "off", "local", "remote_write", "remote_apply"):

@@ -33,10 +33,12 @@ DEFAULTS: dict[str, Any] = {
     # last fraction of a second of them. The jobs' own SQL always commits as the server says.
     "SYNCHRONOUS_COMMIT": "off",
     # Carry the launcher's session-level settings (pg_settings source 'session') to its jobs,
-    # like pg_background. False: only its role and TimeZone (plus gucs=) are carried, and each
-    # launch saves PostgreSQL building pg_settings (about 0.4 ms of server CPU; see
-    # docs/performance.md). For applications that never SET session settings before launching.
+    # like pg_background. False: only its role and TimeZone (plus gucs=) are carried.
     "CARRY_SESSION_SETTINGS": True,
+    # Read those settings once per connection, and again only after a statement run through
+    # Django that may change them (SET, RESET, DISCARD, set_config(), DO, CALL); False: on every
+    # launch. See pgbackground/capture.py for what the watch cannot see.
+    "CACHE_SESSION_SETTINGS": True,
     # Replace a job's SQL text by a placeholder once it has run (SQL can hold secrets).
     "REDACT_SQL": False,
     # Keep result rows for result(); off: every job is fire-and-forget (state, errors and

@@ -3,6 +3,7 @@ insert the job row (autonomously, or in the caller's transaction with ``on_commi
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import secrets
@@ -15,6 +16,7 @@ from psycopg import sql as pgsql
 from psycopg.types.json import Jsonb
 
 from . import sqltext
+from .capture import OWN_STATEMENT, cached_settings, remember
 from .conf import MAX_LABEL_CHARS, MAX_SQL_CHARS, app_settings
 from .db import current_launcher_connection, launcher_connection, models_alias
 from .events import QUEUE_CHANNEL
@@ -53,7 +55,8 @@ _CAPTURE_SQL = (
     " FILTER (WHERE lower(name) <> ALL(%s)), '{}')"
     " FROM pg_settings WHERE source = 'session' OR name = 'TimeZone'"
 )
-# CARRY_SESSION_SETTINGS off: the role and the effective TimeZone only (no pg_settings scan).
+# The role and the effective TimeZone only, the other settings being known (capture.py), or not
+# carried (CARRY_SESSION_SETTINGS off): no pg_settings scan.
 _CAPTURE_ROLE_SQL = (
     "SELECT current_user::text, json_build_object('TimeZone', current_setting('TimeZone'))"
 )
@@ -223,35 +226,52 @@ def check_gucs_with_server(conn: psycopg.Connection[Any], role: str, gucs: dict[
 def capture_session(alias: str) -> tuple[str, dict[str, str]]:
     """The caller's current role and its session-level settings (pg_settings source 'session'),
     plus its effective TimeZone: timestamps a job prints read as the launcher's would."""
-    with connections[alias].cursor() as cursor:
-        if app_settings.CARRY_SESSION_SETTINGS:
+    wrapper = connections[alias]
+    known = carried_settings(wrapper)
+    with wrapper.cursor() as cursor:
+        if known is None:
             cursor.execute(_CAPTURE_SQL, [sorted(NOT_CARRIED)])
         else:
             cursor.execute(_CAPTURE_ROLE_SQL)
         role, settings = cursor.fetchone()
-    return role, dict(settings or {})
+    if known is None:
+        remember(wrapper, {k: v for k, v in (settings or {}).items() if k != "TimeZone"})
+        return role, dict(settings or {})
+    return role, {**known, **(settings or {})}
 
 
-# The launcher's role and settings, captured by the statement that inserts the job (when it
-# runs on the caller's own connection).
+def carried_settings(wrapper: Any) -> dict[str, str] | None:
+    """The session settings a launch on ``wrapper`` carries, when known without reading
+    pg_settings ({} when CARRY_SESSION_SETTINGS is off); None: they must be read."""
+    if not app_settings.CARRY_SESSION_SETTINGS:
+        return {}
+    return cached_settings(wrapper)
+
+
+# The launcher's role and settings, read by the statement that inserts the job (when it runs on
+# the caller's own connection): all of pg_settings, or only the role and TimeZone next to the
+# settings already known (%(carried)s).
 _CAPTURE_CTE = (
     "s AS (SELECT current_user::text AS role, coalesce(jsonb_object_agg(name, setting)"
     " FILTER (WHERE lower(name) <> ALL(%(not_carried)s)), '{}') AS gucs"
     " FROM pg_settings WHERE source = 'session' OR name = 'TimeZone')"
 )
-_CAPTURE_ROLE_CTE = (
+_KNOWN_CTE = (
     "s AS (SELECT current_user::text AS role,"
-    " jsonb_build_object('TimeZone', current_setting('TimeZone')) AS gucs)"
+    " %(carried)s::jsonb || jsonb_build_object('TimeZone', current_setting('TimeZone')) AS gucs)"
 )
 
 
-def _insert_sql(
-    *, with_limit: bool, capture: bool, own_commit: bool = False, role_only: bool = False
-) -> str:
-    """INSERT the job and NOTIFY the pools; with ``capture``, read the role and settings of the
-    connection it runs on; with ``with_limit``, insert nothing if the owner is at MAX_WORKERS;
-    with ``own_commit`` (an autocommit statement on the caller's connection), commit it with
-    PGBACKGROUND["SYNCHRONOUS_COMMIT"] (set for this transaction only, after the capture)."""
+def _insert_sql(*, with_limit: bool, capture: str | None, own_commit: bool = False) -> str:
+    """INSERT the job and NOTIFY the pools, returning the id and the settings carried.
+
+    ``capture``: read the role and settings of the connection it runs on, all of them
+    (``"scan"``) or the role and TimeZone next to ``%(carried)s`` (``"known"``); None: they are
+    the parameters ``%(role)s`` and ``%(gucs)s``. With ``with_limit``, insert nothing if the
+    owner is at MAX_WORKERS; with ``own_commit`` (an autocommit statement on the caller's
+    connection), commit with PGBACKGROUND["SYNCHRONOUS_COMMIT"] (set for this transaction only,
+    after the capture).
+    """
     conditions = []
     if with_limit:
         conditions.append(
@@ -259,17 +279,15 @@ def _insert_sql(
             " AND state IN ('queued', 'running')) < %(max)s"
         )
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    cte = {"scan": _CAPTURE_CTE + ", ", "known": _KNOWN_CTE + ", ", None: ""}[capture]
     role, gucs = ("s.role", "s.gucs") if capture else ("%(role)s", "%(gucs)s")
     return (
-        "WITH "
-        + ((_CAPTURE_ROLE_CTE if role_only else _CAPTURE_CTE) + ", " if capture else "")
-        + f"j AS (INSERT INTO pgbackground_job ({_INSERT_COLUMNS})"
+        f"{OWN_STATEMENT}WITH {cte}"
+        f"j AS (INSERT INTO pgbackground_job ({_INSERT_COLUMNS})"
         " SELECT %(cookie)s, %(sql)s, %(label)s, %(owner)s,"
         f" {role}, {gucs}, %(timeout)s, %(max_result_bytes)s, %(ff)s, '[]'::jsonb,"
-        " %(reply_pid)s"
-        + (" FROM s" if capture else "")
-        + f"{where} RETURNING id)"
-        f" SELECT j.id, pg_notify('{QUEUE_CHANNEL}', j.id::text)"
+        " %(reply_pid)s" + (" FROM s" if capture else "") + f"{where} RETURNING id, gucs)"
+        f" SELECT j.id, j.gucs::text, pg_notify('{QUEUE_CHANNEL}', j.id::text)"
         + (", set_config('synchronous_commit', %(sync)s, true)" if own_commit else "")
         + " FROM j"
     )
@@ -287,19 +305,18 @@ _LAUNCH_TYPES = {
     "max_result_bytes": "bigint",
     "ff": "boolean",
     "not_carried": "text[]",
+    "carried": "jsonb",
     "sync": "text",
     "reply_pid": "integer",
 }
-_INLINE_INSERT = NamedStatement(
-    "pgbackground_launch",
-    _insert_sql(with_limit=False, capture=True, own_commit=True),
-    _LAUNCH_TYPES,
-)
-_INLINE_INSERT_ROLE = NamedStatement(  # PGBACKGROUND["CARRY_SESSION_SETTINGS"] = False
-    "pgbackground_launch",
-    _insert_sql(with_limit=False, capture=True, own_commit=True, role_only=True),
-    _LAUNCH_TYPES,
-)
+_INLINE_INSERT = {
+    capture: NamedStatement(
+        "pgbackground_launch",
+        _insert_sql(with_limit=False, capture=capture, own_commit=True),
+        _LAUNCH_TYPES,
+    )
+    for capture in ("scan", "known")
+}
 
 _LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('pgbackground.owner:' || %s, 0))"
 
@@ -308,23 +325,24 @@ _LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('pgbackground.owner:'
 _RETRY_ELSEWHERE = frozenset({"42501", "42P01"})
 
 
-def _insert(
-    cursor: Any, params: dict[str, Any], *, capture: bool, own_commit: bool = False
-) -> int | None:
+def _insert(cursor: Any, params: dict[str, Any], *, capture: str | None) -> int | None:
     """Run the insert on a DB-API cursor (psycopg's or Django's) that is in a transaction if
     there is an owner limit to check; the new id, or None when the owner is at the limit."""
     owner = params["owner"]
     if owner is not None:
         cursor.execute(_LOCK_SQL, [owner])
-    sql = _insert_sql(
-        with_limit=owner is not None,
-        capture=capture,
-        own_commit=own_commit,
-        role_only=not app_settings.CARRY_SESSION_SETTINGS,
-    )
-    cursor.execute(sql, params)
+    cursor.execute(_insert_sql(with_limit=owner is not None, capture=capture), params)
     row = cursor.fetchone()
     return None if row is None else int(row[0])
+
+
+def _insert_in_transaction(alias: str, params: dict[str, Any]) -> int | None:
+    """Capture and insert in the caller's transaction (``on_commit=True``)."""
+    wrapper = connections[alias]
+    carried = carried_settings(wrapper)
+    params["carried"] = Jsonb(carried or {})
+    with transaction.atomic(using=alias), wrapper.cursor() as cursor:
+        return _insert(cursor, params, capture="scan" if carried is None else "known")
 
 
 def _insert_autonomously(params: dict[str, Any]) -> int | None:
@@ -332,11 +350,11 @@ def _insert_autonomously(params: dict[str, Any]) -> int | None:
     does); one round trip, the owner check included (pipeline)."""
     conn = launcher_connection()
     if params["owner"] is None:
-        return _insert(conn.cursor(), params, capture=False)
+        return _insert(conn.cursor(), params, capture=None)
     cursor = conn.cursor()
     with conn.pipeline(), conn.transaction():
         cursor.execute(_LOCK_SQL, [params["owner"]])
-        cursor.execute(_insert_sql(with_limit=True, capture=False), params)
+        cursor.execute(_insert_sql(with_limit=True, capture=None), params)
     row = cursor.fetchone()
     return None if row is None else int(row[0])
 
@@ -347,14 +365,21 @@ def _insert_inline(alias: str, params: dict[str, Any]) -> int | bool | None:
     wrapper = connections[alias]
     if params["owner"] is not None or wrapper.in_atomic_block or not wrapper.get_autocommit():
         return False
+    carried = carried_settings(wrapper)
+    params["carried"] = Jsonb(carried or {})
     try:
-        statement = _INLINE_INSERT if app_settings.CARRY_SESSION_SETTINGS else _INLINE_INSERT_ROLE
-        row = statement.execute(alias, params)
-        return None if row is None else int(row[0])
+        row = _INLINE_INSERT["scan" if carried is None else "known"].execute(alias, params)
     except DatabaseError as exc:
         if getattr(exc.__cause__, "sqlstate", None) in _RETRY_ELSEWHERE:
             return False
         raise
+    if row is None:
+        return None
+    if carried is None:
+        settings = json.loads(row[1])
+        settings.pop("TimeZone", None)  # read afresh by every launch
+        remember(wrapper, settings)
+    return int(row[0])
 
 
 def _expect_reply(box: ReplyBox, job_id: int, cookie: int, on_commit_of: str | None) -> None:
@@ -418,8 +443,7 @@ def launch(
         # The role and settings are read by the inserting statement itself when it can run on
         # the caller's connection: in its transaction (on_commit), or when it is in autocommit.
         if on_commit:
-            with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
-                job_id = _insert(cursor, params, capture=True)
+            job_id = _insert_in_transaction(alias, params)
         else:
             job_id = _insert_inline(alias, params)
     if job_id is False:
@@ -433,7 +457,7 @@ def launch(
         params["role"], params["gucs"] = role, Jsonb(settings)
         if on_commit:
             with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
-                job_id = _insert(cursor, params, capture=False)
+                job_id = _insert(cursor, params, capture=None)
         else:
             job_id = _insert_autonomously(params)
     if job_id is None:

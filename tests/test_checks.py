@@ -34,6 +34,7 @@ def test_defaults_pass():
         ({"HEARTBEAT_INTERVAL": 5, "WORKER_LOST_AFTER": 6}, "pgbackground.E014"),
         ({"DATABASE": "nope"}, "pgbackground.E015"),
         ({"CARRY_SESSION_SETTINGS": "no"}, "pgbackground.E020"),
+        ({"CACHE_SESSION_SETTINGS": 1}, "pgbackground.E021"),
         ({"MAX_WORKER": 3}, "pgbackground.E002"),
     ],
 )
