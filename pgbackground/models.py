@@ -52,6 +52,7 @@ class Job(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="pgbackground_jobs",
+        db_index=False,  # pgb_job_owner_idx (owner, -id) serves it
     )
     state = models.CharField(
         _("state"),
@@ -72,6 +73,11 @@ class Job(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="jobs",
+        # No index or constraint of its own: every claim and outcome writes worker_id, and each
+        # index and deferred foreign-key check costs those writes; pgb_job_running_idx serves
+        # recovery, and worker rows are only purged once no job points at them.
+        db_index=False,
+        db_constraint=False,
     )
     backend_pid = models.IntegerField(_("backend pid"), null=True, blank=True)
 
@@ -190,7 +196,10 @@ class JobResultChunk(models.Model):
     """
 
     id = models.BigAutoField(primary_key=True)
-    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="result_chunks")
+    # Indexed by pgb_chunk_job_seq_uniq (job, seq).
+    job = models.ForeignKey(
+        Job, on_delete=models.CASCADE, related_name="result_chunks", db_index=False
+    )
     result_set = models.IntegerField()
     seq = models.IntegerField()
     nrows = models.IntegerField()
