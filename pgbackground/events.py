@@ -2,6 +2,9 @@
 
 The tables stay the source of truth; notifications carry ids and small fields only, and are
 sent by the statement that records the change, so they are delivered exactly when it commits.
+One exception: a job's 'running' event is sent only once it has run for
+``executor.RUNNING_EVENT_DELAY`` (most jobs are over sooner, and every NOTIFY wakes every
+LISTENing backend of the database).
 """
 
 from __future__ import annotations

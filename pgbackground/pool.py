@@ -43,20 +43,20 @@ from .signals import job_finished, job_started
 
 logger = logging.getLogger("pgbackground.pool")
 
-_CLAIM_SQL = f"""
+# (No 'running' event here: the executor publishes it once the job has run for a while.)
+_CLAIM_SQL = """
 WITH j AS (
     UPDATE pgbackground_job SET state = 'running', started_at = clock_timestamp(),
         worker_id = %(worker)s, backend_pid = %(pid)s, event_seq = event_seq + 1
     WHERE id = (SELECT id FROM pgbackground_job WHERE state = 'queued'
                 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
-    RETURNING {EVENT_COLUMNS}, cookie, sql, label, role, gucs, timeout,
-              max_result_bytes, fire_and_forget, cancel_deadline
+    RETURNING id, owner_id, cookie, sql, label, role, gucs, timeout, max_result_bytes,
+              fire_and_forget, cancel_deadline
 )
 SELECT j.id, j.cookie, j.sql, j.label, j.owner_id, j.role, j.gucs, j.timeout,
        j.max_result_bytes, j.fire_and_forget,
        extract(epoch FROM j.cancel_deadline - clock_timestamp()),
-       EXISTS (SELECT 1 FROM pgbackground_job q WHERE q.state = 'queued' AND q.id > j.id),
-       {PUBLISH_EXPRS}
+       EXISTS (SELECT 1 FROM pgbackground_job q WHERE q.state = 'queued' AND q.id > j.id)
 FROM j
 """
 
@@ -576,9 +576,9 @@ class Slot(threading.Thread):
             with self._lock:
                 self.current_job = None
         elapsed = time.monotonic() - t0
-        reset_sent = not outcome.connection_lost and self.executor.start_reset()
         self._record(job, outcome, reporter)
         self.held_job = None
+        reset_sent = not outcome.connection_lost and self.executor.start_reset()
         _log_outcome(job, outcome, elapsed)
         _send_robust(
             job_finished,
