@@ -196,9 +196,14 @@ class JobResultChunk(models.Model):
     """
 
     id = models.BigAutoField(primary_key=True)
-    # Indexed by pgb_chunk_job_seq_uniq (job, seq).
+    # Indexed by pgb_chunk_job_seq_uniq (job, seq). No constraint: only the pool inserts chunks,
+    # for the job it holds, and the check would cost every outcome a deferred trigger query.
     job = models.ForeignKey(
-        Job, on_delete=models.CASCADE, related_name="result_chunks", db_index=False
+        Job,
+        on_delete=models.CASCADE,
+        related_name="result_chunks",
+        db_index=False,
+        db_constraint=False,
     )
     result_set = models.IntegerField()
     seq = models.IntegerField()

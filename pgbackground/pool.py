@@ -39,6 +39,7 @@ from .executor import (
     _Reporter,
 )
 from .recovery import recover_lost_workers, terminate_orphan_backends
+from .results import TypeNames
 from .signals import job_finished, job_started
 
 logger = logging.getLogger("pgbackground.pool")
@@ -71,10 +72,7 @@ WITH j AS (
                         || length(sql) || ' characters'
                    ELSE sql END,
         command_tag = %(tag)s, row_count = %(row_count)s,
-        result_columns = CASE WHEN %(keep_set)s >= 0 THEN (
-            SELECT jsonb_agg(jsonb_build_array(n, format_type(o, m), o) ORDER BY i)
-            FROM unnest(%(names)s::text[], %(oids)s::oid[], %(mods)s::int[])
-                 WITH ORDINALITY AS t(n, o, m, i)) END,
+        result_columns = %(columns)s,
         result_rows = %(result_rows)s, result_bytes = %(result_bytes)s,
         error_sqlstate = %(sqlstate)s,
         error_message = CASE WHEN %(if_requested)s AND cancel_requested_at IS NOT NULL
@@ -412,6 +410,7 @@ class Slot(threading.Thread):
         self.executor: Executor | None = None
         self._lock = threading.Lock()
         self._job_conn_options = ""
+        self.type_names = TypeNames()  # result column type names, per control connection
 
     def cancel_current(self, grace: float, reason: str, *, job_id: int | None = None) -> None:
         """Cancel the job this slot runs (only if it is ``job_id``, when given), atomically with
@@ -606,9 +605,7 @@ class Slot(threading.Thread):
             "tag": outcome.command_tag[:64],
             "row_count": outcome.row_count,
             "keep_set": outcome.result_set,
-            "names": [c[0] for c in cols],
-            "oids": [c[1] for c in cols],
-            "mods": [c[2] for c in cols],
+            "columns": None,
             "result_rows": outcome.result_rows,
             "result_bytes": outcome.result_bytes,
             "sqlstate": f.sqlstate if f else "",
@@ -639,6 +636,8 @@ class Slot(threading.Thread):
                         application_name=f"pgbackground control w{self.pool.worker_id}"
                         f" s{self.number}",
                     )
+                if cols:
+                    params["columns"] = Jsonb(self.type_names.columns(self.control, cols))
                 row = self.control.execute(_RECORD_SQL, params).fetchone()
                 if row is None:
                     logger.warning(

@@ -36,6 +36,33 @@ class Column(NamedTuple):
 # --- worker side -------------------------------------------------------------------------------
 
 
+class TypeNames:
+    """``format_type(oid, typmod)`` of result columns, asked of PostgreSQL once per type and
+    connection (not in every outcome's statement). A type renamed while the pool runs keeps its
+    old name here until the connection is replaced; the oid stored beside it is what decoding
+    uses."""
+
+    def __init__(self) -> None:
+        self._names: dict[tuple[int, int], str] = {}
+        self._conn: Any = None
+
+    def columns(
+        self, conn: psycopg.Connection[Any], cols: Sequence[tuple[str, int, int]]
+    ) -> list[list[Any]]:
+        """``[name, type name, oid]`` for each (name, oid, typmod), as stored in result_columns."""
+        if conn is not self._conn:
+            self._names, self._conn = {}, conn
+        missing = list(dict.fromkeys((o, m) for _, o, m in cols if (o, m) not in self._names))
+        if missing:
+            rows = conn.execute(
+                "SELECT format_type(o, m) FROM unnest(%s::oid[], %s::int[])"
+                " WITH ORDINALITY AS t(o, m, i) ORDER BY i",
+                [[o for o, _ in missing], [m for _, m in missing]],
+            ).fetchall()
+            self._names.update(zip(missing, (r[0] for r in rows), strict=True))
+        return [[n, self._names[(o, m)], o] for n, o, m in cols]
+
+
 class EncodedChunk(NamedTuple):
     nrows: int
     data: bytes
