@@ -279,6 +279,19 @@ def test_progress_is_seen_while_the_job_runs(pool):
         events.close()
 
 
+def test_a_job_that_keeps_running_is_announced_running_before_its_outcome(pool):
+    events = EventListener()
+    try:
+        h = pgb.launch("SELECT pg_sleep(0.5)")
+        running = events.wait_for(h.id, lambda e: e["state"] == "running")
+        assert h.state == "running"
+        done = events.wait_for(h.id, lambda e: e["state"] == "stopped")
+        assert running["seq"] < done["seq"]
+        assert running["owner"] is None and running["notices_count"] == 0
+    finally:
+        events.close()
+
+
 def test_progress_is_clamped_and_cut(pool):
     long = "é" * 600
     h = run(
