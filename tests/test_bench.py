@@ -29,8 +29,8 @@ METRICS = {
     "claim_deep_queue_median_ms",
     "drain_jobs_per_s",
     "big_sql_s",
-    "roundtrip_nocarry_median_ms",
-    "throughput_2threads_nocarry_jobs_per_s",
+    "roundtrip_nocache_median_ms",
+    "throughput_2threads_nocache_jobs_per_s",
 }
 
 
