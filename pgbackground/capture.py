@@ -7,11 +7,12 @@ runs pass through its connection's execute wrappers. So the capture is kept per 
 thrown away, before it runs, by any statement that may change a setting (see
 :func:`may_change_settings`): the next launch reads ``pg_settings`` again.
 
-What the watch cannot see, and ``PGBACKGROUND["CACHE_SESSION_SETTINGS"] = False`` covers (a
-fresh read on every launch): statements run on the raw psycopg connection
-(``connection.connection``) and ``set_config(..., false)`` inside a function that a statement
-merely calls. The role and the TimeZone are read afresh by every launch whatever this cache
-holds.
+Every launch also reads the role, the TimeZone and the settings of WATCHED_SETTINGS (cheap
+``current_setting()`` calls): a change to one of those made where the watch cannot see it still
+makes the launch read ``pg_settings`` again. What stays unseen, and
+``PGBACKGROUND["CACHE_SESSION_SETTINGS"] = False`` covers (a fresh read on every launch): another
+setting changed on the raw psycopg connection (``connection.connection``), or by
+``set_config(..., false)`` inside a function that a statement merely calls.
 
 A capture is only kept when it was taken outside a transaction: a setting changed in a
 transaction (``SET LOCAL``, or ``SET`` rolled back) would otherwise outlive it here.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import re
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from .conf import app_settings
 
@@ -52,8 +53,29 @@ def may_change_settings(sql: object) -> bool:
     return _MAY_CHANGE.search(sql) is not None
 
 
-# The captured settings, per psycopg connection (a reconnect starts without one).
-_captures: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
+# Settings often changed by code that bypasses Django's cursors (a multi-tenant search_path set
+# on the raw connection, timeouts): their values, read by every launch (a few current_setting()
+# calls), are the fingerprint of a capture; when it moved, the launch reads pg_settings again.
+WATCHED_SETTINGS = (
+    "search_path",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "work_mem",
+    "maintenance_work_mem",
+)
+FINGERPRINT = "concat_ws(chr(1), {})".format(
+    ", ".join(f"current_setting('{name}')" for name in WATCHED_SETTINGS)
+)
+
+
+class Capture(NamedTuple):
+    settings: dict[str, str]  # pg_settings source 'session', minus what is never carried
+    fingerprint: str  # FINGERPRINT when they were read
+
+
+# The capture, per psycopg connection (a reconnect starts without one).
+_captures: weakref.WeakKeyDictionary[Any, Capture] = weakref.WeakKeyDictionary()
 
 
 def _watch(
@@ -67,7 +89,7 @@ def _watch(
     return execute(sql, params, many, context)
 
 
-def cached_settings(wrapper: Any) -> dict[str, str] | None:
+def cached_capture(wrapper: Any) -> Capture | None:
     """The settings captured on ``wrapper``'s current connection, if still valid."""
     if not app_settings.CACHE_SESSION_SETTINGS or wrapper.connection is None:
         return None
@@ -76,9 +98,9 @@ def cached_settings(wrapper: Any) -> dict[str, str] | None:
     return _captures.get(wrapper.connection)
 
 
-def remember(wrapper: Any, settings: dict[str, str]) -> None:
-    """Keep ``settings``, just captured on ``wrapper``'s connection outside a transaction, and
-    watch the connection from now on."""
+def remember(wrapper: Any, settings: dict[str, str], fingerprint: str) -> None:
+    """Keep ``settings`` (and the FINGERPRINT read with them), just captured on ``wrapper``'s
+    connection outside a transaction, and watch the connection from now on."""
     if not app_settings.CACHE_SESSION_SETTINGS or wrapper.connection is None:
         return
     if wrapper.in_atomic_block or not wrapper.get_autocommit():
@@ -86,7 +108,7 @@ def remember(wrapper: Any, settings: dict[str, str]) -> None:
     if _watch not in wrapper.execute_wrappers:
         # First, i.e. outermost: Django's execute_wrapper() context manager pops the last one.
         wrapper.execute_wrappers.insert(0, _watch)
-    _captures[wrapper.connection] = dict(settings)
+    _captures[wrapper.connection] = Capture(dict(settings), fingerprint)
 
 
 def forget(wrapper: Any) -> None:

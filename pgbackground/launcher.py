@@ -16,7 +16,7 @@ from psycopg import sql as pgsql
 from psycopg.types.json import Jsonb
 
 from . import sqltext
-from .capture import OWN_STATEMENT, cached_settings, remember
+from .capture import FINGERPRINT, OWN_STATEMENT, cached_capture, remember
 from .conf import MAX_LABEL_CHARS, MAX_SQL_CHARS, app_settings
 from .db import current_launcher_connection, launcher_connection, models_alias
 from .events import QUEUE_CHANNEL
@@ -50,16 +50,27 @@ REFUSED_OVERRIDES = NOT_CARRIED
 _GUC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)*$")
 MAX_GUC_VALUE_CHARS = 8192
 
-_CAPTURE_SQL = (
-    "SELECT current_user::text, coalesce(json_object_agg(name, setting)"
-    " FILTER (WHERE lower(name) <> ALL(%s)), '{}')"
-    " FROM pg_settings WHERE source = 'session' OR name = 'TimeZone'"
+# What a launch carries from the caller's session: (role, gucs, fingerprint), read by one
+# SELECT (on its own, or as the CTE ``s`` of the launch statement). Three ways:
+# - "scan": all of pg_settings (source 'session', plus the effective TimeZone);
+# - "known": the settings captured before (%(carried)s, see capture.py), unless the fingerprint
+#   of the commonly changed settings moved since (changed by a path the watch does not see):
+#   then pg_settings after all. Role and TimeZone are read in any case;
+# - "role": CARRY_SESSION_SETTINGS off: the role and the TimeZone only.
+_SESSION_SCAN = (
+    "SELECT coalesce(jsonb_object_agg(name, setting)"
+    " FILTER (WHERE lower(name) <> ALL(%(not_carried)s)), '{}')"
+    " FROM pg_settings WHERE source = 'session'"
 )
-# The role and the effective TimeZone only, the other settings being known (capture.py), or not
-# carried (CARRY_SESSION_SETTINGS off): no pg_settings scan.
-_CAPTURE_ROLE_SQL = (
-    "SELECT current_user::text, json_build_object('TimeZone', current_setting('TimeZone'))"
-)
+_TIME_ZONE = "jsonb_build_object('TimeZone', current_setting('TimeZone'))"
+_CAPTURE_SELECT = {
+    "scan": f"SELECT current_user::text AS role, ({_SESSION_SCAN}) || {_TIME_ZONE} AS gucs,"
+    f" {FINGERPRINT} AS fp",
+    "known": f"SELECT current_user::text AS role, CASE WHEN {FINGERPRINT} = %(fingerprint)s"
+    f" THEN %(carried)s::jsonb ELSE ({_SESSION_SCAN}) END || {_TIME_ZONE} AS gucs,"
+    f" {FINGERPRINT} AS fp",
+    "role": f"SELECT current_user::text AS role, {_TIME_ZONE} AS gucs, NULL::text AS fp",
+}
 
 _INSERT_COLUMNS = (
     "cookie, sql, label, owner_id, role, gucs, timeout, max_result_bytes, fire_and_forget, notices,"
@@ -223,54 +234,51 @@ def check_gucs_with_server(conn: psycopg.Connection[Any], role: str, gucs: dict[
 # --- capture and insert ------------------------------------------------------------------------
 
 
+def capture_mode(wrapper: Any, params: dict[str, Any]) -> str:
+    """How a launch on ``wrapper`` reads the caller's settings ("scan", "known" or "role"; see
+    _CAPTURE_SELECT), with the parameters that needs added to ``params``."""
+    params.setdefault("not_carried", sorted(NOT_CARRIED))
+    params["carried"], params["fingerprint"] = Jsonb({}), None
+    if not app_settings.CARRY_SESSION_SETTINGS:
+        return "role"
+    known = cached_capture(wrapper)
+    if known is None:
+        return "scan"
+    params["carried"], params["fingerprint"] = Jsonb(known.settings), known.fingerprint
+    return "known"
+
+
+def keep_capture(wrapper: Any, mode: str, params: dict[str, Any], gucs: Any, fp: Any) -> None:
+    """Keep what a "scan" read, or a "known" read that had to scan (its fingerprint moved)."""
+    if mode == "scan" or (mode == "known" and fp != params["fingerprint"]):
+        settings = json.loads(gucs) if isinstance(gucs, str) else dict(gucs or {})
+        settings.pop("TimeZone", None)  # read by every launch
+        remember(wrapper, settings, str(fp))
+
+
 def capture_session(alias: str) -> tuple[str, dict[str, str]]:
     """The caller's current role and its session-level settings (pg_settings source 'session'),
     plus its effective TimeZone: timestamps a job prints read as the launcher's would."""
     wrapper = connections[alias]
-    known = carried_settings(wrapper)
+    params: dict[str, Any] = {}
+    mode = capture_mode(wrapper, params)
     with wrapper.cursor() as cursor:
-        if known is None:
-            cursor.execute(_CAPTURE_SQL, [sorted(NOT_CARRIED)])
-        else:
-            cursor.execute(_CAPTURE_ROLE_SQL)
-        role, settings = cursor.fetchone()
-    if known is None:
-        remember(wrapper, {k: v for k, v in (settings or {}).items() if k != "TimeZone"})
-        return role, dict(settings or {})
-    return role, {**known, **(settings or {})}
-
-
-def carried_settings(wrapper: Any) -> dict[str, str] | None:
-    """The session settings a launch on ``wrapper`` carries, when known without reading
-    pg_settings ({} when CARRY_SESSION_SETTINGS is off); None: they must be read."""
-    if not app_settings.CARRY_SESSION_SETTINGS:
-        return {}
-    return cached_settings(wrapper)
-
-
-# The launcher's role and settings, read by the statement that inserts the job (when it runs on
-# the caller's own connection): all of pg_settings, or only the role and TimeZone next to the
-# settings already known (%(carried)s).
-_CAPTURE_CTE = (
-    "s AS (SELECT current_user::text AS role, coalesce(jsonb_object_agg(name, setting)"
-    " FILTER (WHERE lower(name) <> ALL(%(not_carried)s)), '{}') AS gucs"
-    " FROM pg_settings WHERE source = 'session' OR name = 'TimeZone')"
-)
-_KNOWN_CTE = (
-    "s AS (SELECT current_user::text AS role,"
-    " %(carried)s::jsonb || jsonb_build_object('TimeZone', current_setting('TimeZone')) AS gucs)"
-)
+        cursor.execute(
+            f"SELECT s.role, s.gucs::text, s.fp FROM ({_CAPTURE_SELECT[mode]}) s", params
+        )
+        role, gucs, fp = cursor.fetchone()
+    keep_capture(wrapper, mode, params, gucs, fp)
+    return role, dict(json.loads(gucs))
 
 
 def _insert_sql(*, with_limit: bool, capture: str | None, own_commit: bool = False) -> str:
     """INSERT the job and NOTIFY the pools, returning the id and the settings carried.
 
-    ``capture``: read the role and settings of the connection it runs on, all of them
-    (``"scan"``) or the role and TimeZone next to ``%(carried)s`` (``"known"``); None: they are
-    the parameters ``%(role)s`` and ``%(gucs)s``. With ``with_limit``, insert nothing if the
-    owner is at MAX_WORKERS; with ``own_commit`` (an autocommit statement on the caller's
-    connection), commit with PGBACKGROUND["SYNCHRONOUS_COMMIT"] (set for this transaction only,
-    after the capture).
+    ``capture``: read the role and settings of the connection it runs on (a key of
+    _CAPTURE_SELECT); None: they are the parameters ``%(role)s`` and ``%(gucs)s``. With
+    ``with_limit``, insert nothing if the owner is at MAX_WORKERS; with ``own_commit`` (an
+    autocommit statement on the caller's connection), commit with
+    PGBACKGROUND["SYNCHRONOUS_COMMIT"] (set for this transaction only, after the capture).
     """
     conditions = []
     if with_limit:
@@ -279,7 +287,7 @@ def _insert_sql(*, with_limit: bool, capture: str | None, own_commit: bool = Fal
             " AND state IN ('queued', 'running')) < %(max)s"
         )
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-    cte = {"scan": _CAPTURE_CTE + ", ", "known": _KNOWN_CTE + ", ", None: ""}[capture]
+    cte = f"s AS ({_CAPTURE_SELECT[capture]}), " if capture else ""
     role, gucs = ("s.role", "s.gucs") if capture else ("%(role)s", "%(gucs)s")
     return (
         f"{OWN_STATEMENT}WITH {cte}"
@@ -287,9 +295,10 @@ def _insert_sql(*, with_limit: bool, capture: str | None, own_commit: bool = Fal
         " SELECT %(cookie)s, %(sql)s, %(label)s, %(owner)s,"
         f" {role}, {gucs}, %(timeout)s, %(max_result_bytes)s, %(ff)s, '[]'::jsonb,"
         " %(reply_pid)s" + (" FROM s" if capture else "") + f"{where} RETURNING id, gucs)"
-        f" SELECT j.id, j.gucs::text, pg_notify('{QUEUE_CHANNEL}', j.id::text)"
+        f" SELECT j.id, j.gucs::text, {'s.fp' if capture else 'NULL'},"
+        f" pg_notify('{QUEUE_CHANNEL}', j.id::text)"
         + (", set_config('synchronous_commit', %(sync)s, true)" if own_commit else "")
-        + " FROM j"
+        + (" FROM j, s" if capture else " FROM j")
     )
 
 
@@ -306,6 +315,7 @@ _LAUNCH_TYPES = {
     "ff": "boolean",
     "not_carried": "text[]",
     "carried": "jsonb",
+    "fingerprint": "text",
     "sync": "text",
     "reply_pid": "integer",
 }
@@ -315,7 +325,7 @@ _INLINE_INSERT = {
         _insert_sql(with_limit=False, capture=capture, own_commit=True),
         _LAUNCH_TYPES,
     )
-    for capture in ("scan", "known")
+    for capture in _CAPTURE_SELECT
 }
 
 _LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('pgbackground.owner:' || %s, 0))"
@@ -339,10 +349,9 @@ def _insert(cursor: Any, params: dict[str, Any], *, capture: str | None) -> int 
 def _insert_in_transaction(alias: str, params: dict[str, Any]) -> int | None:
     """Capture and insert in the caller's transaction (``on_commit=True``)."""
     wrapper = connections[alias]
-    carried = carried_settings(wrapper)
-    params["carried"] = Jsonb(carried or {})
+    mode = capture_mode(wrapper, params)
     with transaction.atomic(using=alias), wrapper.cursor() as cursor:
-        return _insert(cursor, params, capture="scan" if carried is None else "known")
+        return _insert(cursor, params, capture=mode)
 
 
 def _insert_autonomously(params: dict[str, Any]) -> int | None:
@@ -365,20 +374,16 @@ def _insert_inline(alias: str, params: dict[str, Any]) -> int | bool | None:
     wrapper = connections[alias]
     if params["owner"] is not None or wrapper.in_atomic_block or not wrapper.get_autocommit():
         return False
-    carried = carried_settings(wrapper)
-    params["carried"] = Jsonb(carried or {})
+    mode = capture_mode(wrapper, params)
     try:
-        row = _INLINE_INSERT["scan" if carried is None else "known"].execute(alias, params)
+        row = _INLINE_INSERT[mode].execute(alias, params)
     except DatabaseError as exc:
         if getattr(exc.__cause__, "sqlstate", None) in _RETRY_ELSEWHERE:
             return False
         raise
     if row is None:
         return None
-    if carried is None:
-        settings = json.loads(row[1])
-        settings.pop("TimeZone", None)  # read afresh by every launch
-        remember(wrapper, settings)
+    keep_capture(wrapper, mode, params, row[1], row[2])
     return int(row[0])
 
 

@@ -136,6 +136,20 @@ def test_role_and_time_zone_are_read_by_every_launch(pool, reset_session):
 
 @pytest.mark.pool
 @pytest.mark.django_db(transaction=True)
+def test_a_common_setting_changed_behind_djangos_back_is_seen(pool, reset_session):
+    pgb.launch("SELECT 1").wait(timeout=60)
+    # Unseen by the watch (the raw connection), but search_path is in the fingerprint.
+    connection.connection.execute("SET search_path = pg_catalog, public")
+    h, how = _launches("SELECT current_setting('search_path')")
+    assert how == "known"  # the statement of a known capture, which read pg_settings after all
+    assert _job_setting(h) == "pg_catalog, public"
+    assert h.job().gucs["search_path"] == "pg_catalog, public"
+    again = pgb.launch("SELECT current_setting('search_path')")
+    assert again.job().gucs == h.job().gucs
+
+
+@pytest.mark.pool
+@pytest.mark.django_db(transaction=True)
 def test_a_setting_local_to_a_rolled_back_transaction_is_not_kept(pool, reset_session):
     pgb.launch("SELECT 1").wait(timeout=60)
     with transaction.atomic():
