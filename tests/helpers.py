@@ -57,11 +57,18 @@ class EventListener:
                 return event
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for n in self.conn.notifies(timeout=max(0.0, deadline - time.monotonic())):
+            # The whole batch is read: leaving psycopg's generator in the middle of one drops
+            # the rest of it (another job's events arriving together).
+            found = None
+            for n in self.conn.notifies(
+                timeout=max(0.0, deadline - time.monotonic()), stop_after=1
+            ):
                 event = json.loads(n.payload)
                 self.seen.append(event)
-                if event["id"] == job_id and match(event):
-                    return event
+                if found is None and event["id"] == job_id and match(event):
+                    found = event
+            if found is not None:
+                return found
         raise AssertionError(f"no matching event for job {job_id} within {timeout} s")
 
     def close(self) -> None:

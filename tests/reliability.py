@@ -87,7 +87,7 @@ def wait_terminal(
 
 class Events:
     """LISTEN on the event feed; wait for events of several jobs without losing any (unlike
-    tests.helpers.EventListener, which drops the events it skips)."""
+    tests.helpers.EventListener, which waits for one job's event at a time)."""
 
     def __init__(self) -> None:
         self.conn = raw_connection()
