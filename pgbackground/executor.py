@@ -56,6 +56,7 @@ class ClaimedJob:
     max_result_bytes: int
     fire_and_forget: bool
     cancel_grace: float | None  # set when a cancel was requested before the claim
+    backend_pid: int = 0  # the job connection's pid the claim recorded
 
 
 @dataclass

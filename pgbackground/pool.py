@@ -45,23 +45,23 @@ from .signals import job_finished, job_started
 logger = logging.getLogger("pgbackground.pool")
 
 # (No 'running' event here: the executor publishes it once the job has run for a while.)
-_CLAIM_SQL = """
-WITH j AS (
+_CLAIM_UPDATE = """
     UPDATE pgbackground_job SET state = 'running', started_at = clock_timestamp(),
         worker_id = %(worker)s, backend_pid = %(pid)s, event_seq = event_seq + 1
     WHERE id = (SELECT id FROM pgbackground_job WHERE state = 'queued'
                 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
     RETURNING id, owner_id, cookie, sql, label, role, gucs, timeout, max_result_bytes,
               fire_and_forget, cancel_deadline
-)
-SELECT j.id, j.cookie, j.sql, j.label, j.owner_id, j.role, j.gucs, j.timeout,
-       j.max_result_bytes, j.fire_and_forget,
-       extract(epoch FROM j.cancel_deadline - clock_timestamp()),
-       EXISTS (SELECT 1 FROM pgbackground_job q WHERE q.state = 'queued' AND q.id > j.id)
-FROM j
 """
+# The claimed job (from the CTE ``c``) and whether more are queued behind it.
+_CLAIM_COLUMNS = """
+       c.id, c.cookie, c.sql, c.label, c.owner_id, c.role, c.gucs, c.timeout,
+       c.max_result_bytes, c.fire_and_forget,
+       extract(epoch FROM c.cancel_deadline - clock_timestamp()),
+       EXISTS (SELECT 1 FROM pgbackground_job q WHERE q.state = 'queued' AND q.id > c.id)"""
+_CLAIM_SQL = f"WITH c AS ({_CLAIM_UPDATE}) SELECT {_CLAIM_COLUMNS} FROM c"
 
-_RECORD_SQL = f"""
+_RECORD_CTES = f"""
 WITH j AS (
     UPDATE pgbackground_job SET
         state = CASE WHEN %(if_requested)s AND cancel_requested_at IS NOT NULL THEN 'canceled'
@@ -100,8 +100,23 @@ WITH j AS (
     SELECT %(id)s, %(keep_set)s, %(tail_seq)s, %(tail_nrows)s, %(tail_data)s, %(tail_nulls)s
     FROM j WHERE %(tail_nrows)s::int IS NOT NULL AND NOT j.detached
 )
+"""
+_RECORD_SQL = f"""{_RECORD_CTES}
 SELECT j.id, j.state, j.run_seconds, {PUBLISH_EXPRS.strip()} FROM j
 """
+# Under a deep queue: record the outcome and claim the next job in one statement (one round
+# trip, one commit). Columns: _RECORD_SQL's six, then _CLAIM_SQL's (NULLs when nothing matched).
+_RECORD_AND_CLAIM_SQL = f"""{_RECORD_CTES}, c AS ({_CLAIM_UPDATE})
+SELECT r.*, n.*
+FROM (SELECT 1) AS one
+LEFT JOIN (SELECT j.id, j.state, j.run_seconds, {PUBLISH_EXPRS.strip()} FROM j) AS r ON true
+LEFT JOIN (SELECT {_CLAIM_COLUMNS} FROM c) AS n ON true
+"""
+
+_REBIND_SQL = (
+    "UPDATE pgbackground_job SET backend_pid = %s"
+    " WHERE id = %s AND state = 'running' AND worker_id = %s"
+)
 
 _REGISTER_SQL = (
     "INSERT INTO pgbackground_worker (name, hostname, pid, concurrency)"
@@ -411,12 +426,19 @@ class Slot(threading.Thread):
         self._lock = threading.Lock()
         self._job_conn_options = ""
         self.type_names = TypeNames()  # result column type names, per control connection
+        # Cancels that arrived for a job claimed ahead, before it started: (grace, reason).
+        self._early_cancel: dict[int, tuple[float, str]] = {}
+        self._last_started: int | None = None  # the last job whose run began
 
     def cancel_current(self, grace: float, reason: str, *, job_id: int | None = None) -> None:
         """Cancel the job this slot runs (only if it is ``job_id``, when given), atomically with
         respect to the slot moving on to its next job."""
         with self._lock:
             if self.current_job is None or self.executor is None:
+                # Between jobs: one claimed and not started yet is canceled as it starts.
+                held = self.held_job
+                if held is not None and held != self._last_started and job_id in (None, held):
+                    self._early_cancel[held] = (grace, reason)
                 return
             if job_id is None or self.current_job == job_id:
                 self.executor.control_state.cancel(grace, reason)
@@ -473,18 +495,28 @@ class Slot(threading.Thread):
         pool = self.pool
         backoff = Backoff()
         more = True  # look at the queue once on start
-        while not pool.draining.is_set():
+        # A job claimed by the statement that recorded the previous outcome, not started yet:
+        # run even when draining (it is 'running' already).
+        job: ClaimedJob | None = None
+        while job is not None or not pool.draining.is_set():
             try:
-                if not more:
-                    pool.wait_for_work(pool.poll_interval)
-                    if pool.draining.is_set():
-                        break
-                self._connect()
-                backoff.reset()
-                job, more = self._claim()
-                if job is not None:
-                    self._run(job)
+                if job is None:
+                    if not more:
+                        pool.wait_for_work(pool.poll_interval)
+                        if pool.draining.is_set():
+                            break
+                    self._connect()
+                    backoff.reset()
+                    job, more = self._claim()
+                    if job is None:
+                        continue
+                else:
+                    self._connect()
+                    self._rebind(job)
+                job, more = self._run(job, more=more)
             except psycopg.OperationalError as exc:
+                self._drop_unstarted(job)
+                job = None
                 more = True  # look at the queue as soon as we are back
                 delay = backoff.next()
                 logger.warning(
@@ -497,6 +529,8 @@ class Slot(threading.Thread):
                 self._close(self.job_conn)
                 pool.stopped.wait(delay) if pool.draining.is_set() else pool.draining.wait(delay)
             except Exception:
+                self._drop_unstarted(job)
+                job = None
                 more = True
                 logger.exception("slot %d: unexpected error", self.number)
                 self._close(self.control)
@@ -515,6 +549,13 @@ class Slot(threading.Thread):
                 _CLAIM_SQL, {"worker": self.pool.worker_id, "pid": self.job_conn.info.backend_pid}
             ).fetchone()
             self.held_job = None if row is None else int(row[0])
+        return self._claimed(row, self.job_conn.info.backend_pid)
+
+    def _claimed(
+        self, row: tuple[Any, ...] | None, backend_pid: int
+    ) -> tuple[ClaimedJob | None, bool]:
+        """The job a claim statement returned (None if the queue was empty), and whether more
+        were queued behind it."""
         if row is None:
             return None, False
         (
@@ -544,15 +585,41 @@ class Slot(threading.Thread):
             max_result_bytes=max_bytes,
             fire_and_forget=ff,
             cancel_grace=None if cancel_in is None else max(0.0, float(cancel_in)),
+            backend_pid=backend_pid,
         )
         return job, bool(more)
 
-    def _run(self, job: ClaimedJob) -> None:
+    def _drop_unstarted(self, job: ClaimedJob | None) -> None:
+        """After an error: a job claimed ahead that never started is let go (the heartbeat
+        queues it again); one that started stays held (it must not run twice)."""
+        if job is not None and job.id != self._last_started:
+            with self.claim_lock:
+                if self.held_job == job.id:
+                    self.held_job = None
+        self._early_cancel.clear()
+
+    def _rebind(self, job: ClaimedJob) -> None:
+        """A job claimed ahead will run on a job connection opened since: its row must name the
+        backend that runs it (cancel() signals that pid)."""
+        assert self.control is not None and self.job_conn is not None
+        pid = self.job_conn.info.backend_pid
+        if pid != job.backend_pid:
+            self.control.execute(_REBIND_SQL, [pid, job.id, self.pool.worker_id])
+            job.backend_pid = pid
+
+    def _run(self, job: ClaimedJob, *, more: bool) -> tuple[ClaimedJob | None, bool]:
+        """Run a claimed job and record its outcome. When ``more`` jobs were queued behind it,
+        the next one is claimed in the same round trip and returned, with whether more were
+        queued behind that one; else (None, ``more``)."""
         assert self.executor is not None
         label = f" [{job.label}]" if job.label else ""
         with self._lock:
-            self.current_job = job.id
+            self.current_job = self._last_started = job.id
             self.executor.begin_job()  # from now on, cancels for this job reach the executor
+            early = self._early_cancel.pop(job.id, None)
+            self._early_cancel.clear()
+            if early is not None:
+                self.executor.control_state.cancel(*early)
         _send_robust(
             job_started, job_id=job.id, label=job.label, worker_id=self.pool.worker_id
         )
@@ -575,8 +642,22 @@ class Slot(threading.Thread):
             with self._lock:
                 self.current_job = None
         elapsed = time.monotonic() - t0
-        self._record(job, outcome, reporter)
-        self.held_job = None
+        claim_next = more and not outcome.connection_lost and not self.pool.draining.is_set()
+        claimed = self._record(job, outcome, reporter, claim_next=claim_next)
+        if claimed is None:
+            self.held_job = None
+        try:
+            self._after(job, outcome, elapsed)
+        except BaseException:
+            self.held_job = None  # the job claimed ahead never starts: the heartbeat requeues it
+            raise
+        if claimed is None:
+            return None, more
+        return self._claimed(*claimed)
+
+    def _after(self, job: ClaimedJob, outcome: Outcome, elapsed: float) -> None:
+        """After the outcome is recorded: reset the job connection, log, signal."""
+        assert self.executor is not None
         reset_sent = not outcome.connection_lost and self.executor.start_reset()
         _log_outcome(job, outcome, elapsed)
         _send_robust(
@@ -593,9 +674,13 @@ class Slot(threading.Thread):
         else:
             self._close(self.job_conn)
 
-    def _record(self, job: ClaimedJob, outcome: Outcome, reporter: _Reporter) -> None:
+    def _record(
+        self, job: ClaimedJob, outcome: Outcome, reporter: _Reporter, *, claim_next: bool
+    ) -> tuple[tuple[Any, ...] | None, int] | None:
         """Write the outcome; retried on a new control connection until it is written (or the
-        pool stops: then recovery marks the job lost)."""
+        pool stops: then recovery marks the job lost). With ``claim_next``, the same statement
+        claims the next job: its row (None if nothing was queued) and the job connection's pid
+        it names; None if not claimed."""
         f = outcome.failure
         cols = outcome.columns if outcome.result_set >= 0 and outcome.columns else []
         params: dict[str, Any] = {
@@ -638,7 +723,12 @@ class Slot(threading.Thread):
                     )
                 if cols:
                     params["columns"] = Jsonb(self.type_names.columns(self.control, cols))
-                row = self.control.execute(_RECORD_SQL, params).fetchone()
+                claimed: tuple[tuple[Any, ...] | None, int] | None = None
+                if claim_next:
+                    claim_next = False  # a retry only records
+                    row, claimed = self._record_and_claim(params)
+                else:
+                    row = self.control.execute(_RECORD_SQL, params).fetchone()
                 if row is None:
                     logger.warning(
                         "job %s was already resolved elsewhere (declared lost?);"
@@ -648,7 +738,7 @@ class Slot(threading.Thread):
                     )
                 elif row[1] == "canceled" and outcome.state != "canceled" and f is not None:
                     outcome.state, f.message = "canceled", CANCELED_BY_USER
-                return
+                return claimed
             except psycopg.OperationalError as exc:
                 self._close(self.control)
                 self.control = None
@@ -656,7 +746,7 @@ class Slot(threading.Thread):
                     logger.error(
                         "job %s: could not record its outcome (%s)", job.id, _one_line(exc)
                     )
-                    return
+                    return None
                 delay = backoff.next()
                 logger.warning(
                     "job %s: cannot record its outcome yet (%s); retrying in %.1f s",
@@ -665,6 +755,21 @@ class Slot(threading.Thread):
                     delay,
                 )
                 self.pool.stopped.wait(delay)
+
+    def _record_and_claim(
+        self, params: dict[str, Any]
+    ) -> tuple[tuple[Any, ...] | None, tuple[tuple[Any, ...] | None, int]]:
+        """The outcome and the next claim in one statement; the outcome's row, and the claimed
+        row with the job connection's pid it names."""
+        assert self.control is not None and self.job_conn is not None
+        pid = self.job_conn.info.backend_pid
+        with self.claim_lock:
+            both = self.control.execute(_RECORD_AND_CLAIM_SQL, {**params, "pid": pid}).fetchone()
+            assert both is not None
+            row = both[:6] if both[0] is not None else None
+            claimed = both[6:] if both[6] is not None else None
+            self.held_job = None if claimed is None else int(claimed[0])
+        return row, (claimed, pid)
 
     def _finish_reset(self) -> None:
         """The job connection is clean again (DISCARD ALL: no settings, role, temp tables,

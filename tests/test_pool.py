@@ -196,6 +196,25 @@ def test_every_job_runs_exactly_once_across_pools(start_pool, table):
     assert workers[0][0] >= 1
 
 
+def test_a_deep_queue_runs_in_order_each_job_once(start_pool, table):
+    # Queued before the pool starts: each outcome is recorded by the statement that claims the
+    # next job.
+    handles = [
+        pgb.submit(f"INSERT INTO hits VALUES ('{i}'); SELECT pg_backend_pid()") for i in range(40)
+    ]
+    start_pool("--concurrency", "1")
+    for h in handles:
+        assert h.wait(120)
+    assert {h.state for h in handles} == {"stopped"}
+    assert sql("SELECT job FROM hits ORDER BY ctid") == [(str(i),) for i in range(40)]
+    claimed_in_order = sql(
+        "SELECT started_at > lag(started_at) OVER (ORDER BY id) FROM pgbackground_job"
+        " WHERE id = ANY(%s) ORDER BY id OFFSET 1",
+        [[h.id for h in handles]],
+    )
+    assert claimed_in_order == [(True,)] * 39
+
+
 def test_heartbeats_advance(pool):
     first = Worker.objects.get(pid=pool.pid).heartbeat_at
     wait_until(lambda: Worker.objects.get(pid=pool.pid).heartbeat_at > first, timeout=10)
