@@ -44,6 +44,8 @@ NOT_CARRIED = frozenset(
         "transaction_read_only",
     }
 )
+# The same, as the text[] parameter of the statements that read pg_settings.
+_NOT_CARRIED_LIST = sorted(NOT_CARRIED)
 # Settings an override may not name (the role is carried from the launcher, never chosen).
 REFUSED_OVERRIDES = NOT_CARRIED
 
@@ -237,7 +239,7 @@ def check_gucs_with_server(conn: psycopg.Connection[Any], role: str, gucs: dict[
 def capture_mode(wrapper: Any, params: dict[str, Any]) -> str:
     """How a launch on ``wrapper`` reads the caller's settings ("scan", "known" or "role"; see
     _CAPTURE_SELECT), with the parameters that needs added to ``params``."""
-    params.setdefault("not_carried", sorted(NOT_CARRIED))
+    params["not_carried"] = _NOT_CARRIED_LIST
     params["carried"], params["fingerprint"] = Jsonb({}), None
     if not app_settings.CARRY_SESSION_SETTINGS:
         return "role"
@@ -346,10 +348,11 @@ def _insert(cursor: Any, params: dict[str, Any], *, capture: str | None) -> int 
     return None if row is None else int(row[0])
 
 
-def _insert_in_transaction(alias: str, params: dict[str, Any]) -> int | None:
-    """Capture and insert in the caller's transaction (``on_commit=True``)."""
+def _insert_in_transaction(alias: str, params: dict[str, Any], *, capture: bool) -> int | None:
+    """Insert in the caller's transaction (``on_commit=True``), reading the role and settings
+    there with ``capture`` (else they are in ``params``)."""
     wrapper = connections[alias]
-    mode = capture_mode(wrapper, params)
+    mode = capture_mode(wrapper, params) if capture else None
     with transaction.atomic(using=alias), wrapper.cursor() as cursor:
         return _insert(cursor, params, capture=mode)
 
@@ -439,7 +442,6 @@ def launch(
         "timeout": timeout_s,
         "max_result_bytes": limit_bytes,
         "ff": fire_and_forget or not app_settings.STORE_RESULTS,
-        "not_carried": sorted(NOT_CARRIED),
         "sync": str(app_settings.SYNCHRONOUS_COMMIT),
         "reply_pid": None if reply_box is None else reply_box.pid,
     }
@@ -448,7 +450,7 @@ def launch(
         # The role and settings are read by the inserting statement itself when it can run on
         # the caller's connection: in its transaction (on_commit), or when it is in autocommit.
         if on_commit:
-            job_id = _insert_in_transaction(alias, params)
+            job_id = _insert_in_transaction(alias, params, capture=True)
         else:
             job_id = _insert_inline(alias, params)
     if job_id is False:
@@ -461,8 +463,7 @@ def launch(
             settings.update(overrides)
         params["role"], params["gucs"] = role, Jsonb(settings)
         if on_commit:
-            with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
-                job_id = _insert(cursor, params, capture=None)
+            job_id = _insert_in_transaction(alias, params, capture=False)
         else:
             job_id = _insert_autonomously(params)
     if job_id is None:

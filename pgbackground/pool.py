@@ -101,15 +101,15 @@ WITH j AS (
     FROM j WHERE %(tail_nrows)s::int IS NOT NULL AND NOT j.detached
 )
 """
-_RECORD_SQL = f"""{_RECORD_CTES}
-SELECT j.id, j.state, j.run_seconds, {PUBLISH_EXPRS.strip()} FROM j
-"""
+_RECORD_OUTPUT = f"SELECT j.id, j.state, j.run_seconds, {PUBLISH_EXPRS.strip()} FROM j"
+_RECORD_SQL = f"{_RECORD_CTES}\n{_RECORD_OUTPUT}"
 # Under a deep queue: record the outcome and claim the next job in one statement (one round
-# trip, one commit). Columns: _RECORD_SQL's six, then _CLAIM_SQL's (NULLs when nothing matched).
+# trip, one commit). Columns: _RECORD_OUTPUT's six, then _CLAIM_SQL's (NULLs when nothing
+# matched).
 _RECORD_AND_CLAIM_SQL = f"""{_RECORD_CTES}, c AS ({_CLAIM_UPDATE})
 SELECT r.*, n.*
 FROM (SELECT 1) AS one
-LEFT JOIN (SELECT j.id, j.state, j.run_seconds, {PUBLISH_EXPRS.strip()} FROM j) AS r ON true
+LEFT JOIN ({_RECORD_OUTPUT}) AS r ON true
 LEFT JOIN (SELECT {_CLAIM_COLUMNS} FROM c) AS n ON true
 """
 
@@ -544,12 +544,13 @@ class Slot(threading.Thread):
     def _claim(self) -> tuple[ClaimedJob | None, bool]:
         """The oldest queued job, now ours, and whether more were queued behind it."""
         assert self.control is not None and self.job_conn is not None
+        pid = self.job_conn.info.backend_pid
         with self.claim_lock:
             row = self.control.execute(
-                _CLAIM_SQL, {"worker": self.pool.worker_id, "pid": self.job_conn.info.backend_pid}
+                _CLAIM_SQL, {"worker": self.pool.worker_id, "pid": pid}
             ).fetchone()
             self.held_job = None if row is None else int(row[0])
-        return self._claimed(row, self.job_conn.info.backend_pid)
+        return self._claimed(row, pid)
 
     def _claimed(
         self, row: tuple[Any, ...] | None, backend_pid: int
@@ -651,9 +652,7 @@ class Slot(threading.Thread):
         except BaseException:
             self.held_job = None  # the job claimed ahead never starts: the heartbeat requeues it
             raise
-        if claimed is None:
-            return None, more
-        return self._claimed(*claimed)
+        return (None, more) if claimed is None else claimed
 
     def _after(self, job: ClaimedJob, outcome: Outcome, elapsed: float) -> None:
         """After the outcome is recorded: reset the job connection, log, signal."""
@@ -676,11 +675,11 @@ class Slot(threading.Thread):
 
     def _record(
         self, job: ClaimedJob, outcome: Outcome, reporter: _Reporter, *, claim_next: bool
-    ) -> tuple[tuple[Any, ...] | None, int] | None:
+    ) -> tuple[ClaimedJob | None, bool] | None:
         """Write the outcome; retried on a new control connection until it is written (or the
         pool stops: then recovery marks the job lost). With ``claim_next``, the same statement
-        claims the next job: its row (None if nothing was queued) and the job connection's pid
-        it names; None if not claimed."""
+        claims the next job: it and whether more were queued behind it (as _claim returns
+        them); None if not claimed."""
         f = outcome.failure
         cols = outcome.columns if outcome.result_set >= 0 and outcome.columns else []
         params: dict[str, Any] = {
@@ -723,7 +722,7 @@ class Slot(threading.Thread):
                     )
                 if cols:
                     params["columns"] = Jsonb(self.type_names.columns(self.control, cols))
-                claimed: tuple[tuple[Any, ...] | None, int] | None = None
+                claimed: tuple[ClaimedJob | None, bool] | None = None
                 if claim_next:
                     claim_next = False  # a retry only records
                     row, claimed = self._record_and_claim(params)
@@ -758,9 +757,9 @@ class Slot(threading.Thread):
 
     def _record_and_claim(
         self, params: dict[str, Any]
-    ) -> tuple[tuple[Any, ...] | None, tuple[tuple[Any, ...] | None, int]]:
-        """The outcome and the next claim in one statement; the outcome's row, and the claimed
-        row with the job connection's pid it names."""
+    ) -> tuple[tuple[Any, ...] | None, tuple[ClaimedJob | None, bool]]:
+        """The outcome and the next claim in one statement: the outcome's row, and the claimed
+        job with whether more were queued behind it."""
         assert self.control is not None and self.job_conn is not None
         pid = self.job_conn.info.backend_pid
         with self.claim_lock:
@@ -769,7 +768,7 @@ class Slot(threading.Thread):
             row = both[:6] if both[0] is not None else None
             claimed = both[6:] if both[6] is not None else None
             self.held_job = None if claimed is None else int(claimed[0])
-        return row, (claimed, pid)
+        return row, self._claimed(claimed, pid)
 
     def _finish_reset(self) -> None:
         """The job connection is clean again (DISCARD ALL: no settings, role, temp tables,
