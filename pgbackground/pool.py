@@ -53,12 +53,15 @@ _CLAIM_UPDATE = """
     RETURNING id, owner_id, cookie, sql, label, role, gucs, timeout, max_result_bytes,
               fire_and_forget, cancel_deadline
 """
-# The claimed job (from the CTE ``c``) and whether more are queued behind it.
+# The claimed job (from the CTE ``c``) and whether more are queued behind it. (Not EXISTS: the
+# planner drops ORDER BY/LIMIT inside EXISTS and, in a generic plan that cannot tell how many
+# rows ``q.id > c.id`` keeps, may pick a sequential scan that walks every finished job first.)
 _CLAIM_COLUMNS = """
        c.id, c.cookie, c.sql, c.label, c.owner_id, c.role, c.gucs, c.timeout,
        c.max_result_bytes, c.fire_and_forget,
        extract(epoch FROM c.cancel_deadline - clock_timestamp()),
-       EXISTS (SELECT 1 FROM pgbackground_job q WHERE q.state = 'queued' AND q.id > c.id)"""
+       (SELECT q.id FROM pgbackground_job q WHERE q.state = 'queued' AND q.id > c.id
+        ORDER BY q.id LIMIT 1) IS NOT NULL"""
 _CLAIM_SQL = f"WITH c AS ({_CLAIM_UPDATE}) SELECT {_CLAIM_COLUMNS} FROM c"
 
 _RECORD_CTES = f"""
@@ -274,11 +277,14 @@ class Pool:
     # A slot that finished a job claims again at once only if the claim said more jobs were
     # queued; otherwise it sleeps until a queue notification hands it a token (one per NOTIFY),
     # or POLL_INTERVAL passes. So an idle queue costs no empty claims after each job.
+    # Tokens are capped at the number of slots: while every slot is busy claiming on its own
+    # (a deep queue), NOTIFYs would otherwise pile up tokens that each cost an empty claim
+    # once the queue is drained (5,000 of them after 5,000 jobs launched in a burst).
 
     def wake_one(self) -> None:
-        """A job was queued: one token, one slot woken."""
+        """A job was queued: one token (at most one per slot), one slot woken."""
         with self._work:
-            self._tokens += 1
+            self._tokens = min(self._tokens + 1, self.concurrency)
             self._work.notify()
 
     def wake_all(self) -> None:

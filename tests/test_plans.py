@@ -79,3 +79,23 @@ def test_the_claim_takes_the_oldest_queued_job_by_its_partial_index():
     scans = job_table_scans(generic_plan(pool._CLAIM_SQL))
     assert scans[0] == "pgb_job_queued_idx", scans
     assert "pgbackground_job_pkey" in scans, scans
+
+
+@pytest.mark.parametrize(
+    ("name", "sql"),
+    [("claim", pool._CLAIM_SQL), ("record and claim", pool._RECORD_AND_CLAIM_SQL)],
+)
+def test_the_claim_never_scans_the_whole_table_to_tell_whether_more_are_queued(name, sql):
+    # Statistics taken during a burst (most jobs queued) make a sequential scan look cheap for
+    # "is another job queued behind this one?"; at run time the burst has been worked off and
+    # that scan walks every finished job. Only indexes will do.
+    with raw_connection() as conn:
+        conn.execute(
+            "INSERT INTO pgbackground_job (cookie, sql, role, gucs, max_result_bytes, notices,"
+            " state) SELECT g, 'SELECT 1', 'r', '{}', 0, '[]', 'queued'"
+            " FROM generate_series(20001, 80000) g"
+        )
+        conn.execute("ANALYZE pgbackground_job")
+    scans = job_table_scans(generic_plan(sql))
+    assert scans and "Seq Scan" not in scans, (name, scans)
+    assert "pgb_job_queued_idx" in scans, (name, scans)

@@ -257,3 +257,17 @@ def test_a_claim_whose_reply_was_lost_is_queued_again_and_runs_once(pool, table)
     assert h.result().rows == [("orphan",)]
     assert sql(f"SELECT job FROM {table}") == [("orphan",)]
     pool.expect(f"job {job_id}: its claim by worker {pool.worker_id} committed but never")
+
+
+def test_queue_notifications_beyond_the_slots_leave_no_empty_claims_behind():
+    """While every slot claims on its own (a deep queue), each NOTIFY of a new job would leave a
+    token behind, and each token one empty claim once the queue is drained: at most one per
+    slot is kept."""
+    from pgbackground.pool import Pool
+
+    p = Pool(concurrency=2)
+    for _ in range(1000):
+        p.wake_one()
+    p.wait_for_work(0)
+    p.wait_for_work(0)
+    assert p._tokens == 0
