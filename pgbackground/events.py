@@ -9,6 +9,8 @@ LISTENing backend of the database).
 
 from __future__ import annotations
 
+import hashlib
+
 # A job was queued: wakes the pools (payload: the job id).
 QUEUE_CHANNEL = "pgbackground_queue"
 # Cancel requested for a running job (payload: JSON with the id and the grace left in seconds).
@@ -33,10 +35,23 @@ def reply_channel(backend_pid: int) -> str:
     return f"{REPLY_CHANNEL_PREFIX}{int(backend_pid)}"
 
 
+def reply_tag(cookie: int) -> str:
+    """What a reply notification carries after the job id: proof that it comes from a statement
+    that read the job's row (which holds the cookie), not from any session that can NOTIFY.
+    Hashed, so that the notification (readable by every role that LISTENs) does not give the
+    cookie away. Must equal REPLY_TAG_SQL."""
+    return hashlib.sha256(f"pgbackground reply {int(cookie)}".encode()).hexdigest()[:16]
+
+
+# reply_tag() in SQL, for the row of a CTE ``j``.
+REPLY_TAG_SQL = (
+    "left(encode(sha256(convert_to('pgbackground reply ' || j.cookie, 'UTF8')), 'hex'), 16)"
+)
+
 # Columns a CTE named ``j`` must return for PUBLISH_FROM_J.
 EVENT_COLUMNS = (
     "id, state, progress_pct, progress_message, event_seq, owner_id, notices, notices_dropped,"
-    " reply_pid"
+    " reply_pid, cookie"
 )
 
 # Select-list expressions that publish the rows of a CTE ``j`` (returning EVENT_COLUMNS).
@@ -49,7 +64,8 @@ PUBLISH_EXPRS = f"""
        CASE WHEN j.state IN ('stopped', 'canceled', 'error')
             THEN pg_notify('pgbackground_job_' || j.id, j.state) END,
        CASE WHEN j.state IN ('stopped', 'canceled', 'error') AND j.reply_pid IS NOT NULL
-            THEN pg_notify('{REPLY_CHANNEL_PREFIX}' || j.reply_pid, j.id::text) END"""
+            THEN pg_notify('{REPLY_CHANNEL_PREFIX}' || j.reply_pid,
+                           j.id || ':' || {REPLY_TAG_SQL}) END"""
 
 # A whole SELECT publishing the rows of ``j``; returns (id, state, ...).
 PUBLISH_FROM_J = f"SELECT j.id, j.state, {PUBLISH_EXPRS} FROM j"

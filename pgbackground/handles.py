@@ -261,9 +261,9 @@ class Handle:
         verify: bool,
     ) -> bool:
         """Wait for a job launched on this thread: its end is announced on the connection's
-        reply channel, which it already LISTENs to. With ``verify``, the row confirms the end
-        (a notification is only a hint); without, the caller's next statement does. False when
-        the deadline passes first."""
+        reply channel, which it already LISTENs to. With ``verify``, an announcement without
+        the job's reply tag is confirmed by reading the row; without, the caller's next
+        statement does. False when the deadline passes first."""
         from .recovery import recover_lost_workers
 
         check_every = _lost_check_interval()
@@ -271,7 +271,7 @@ class Handle:
             remaining = None if deadline is None else deadline - time.monotonic()
             slice_ = check_every if remaining is None else max(0.0, min(check_every, remaining))
             told = box.drain(conn, slice_, until=self.id)
-            if told and not verify:
+            if told and (box.take_proven(self.id) or not verify):
                 return True
             (state,) = _fetch(conn, self.id, self.cookie, "state")
             if state in TERMINAL:

@@ -7,9 +7,12 @@ records the job's end also NOTIFYs that channel with the job id. Waiting for suc
 launching thread is then a read of the socket: no LISTEN / UNLISTEN round trip, no state read
 before the job ends.
 
-A notification is only ever a hint to re-read the job row (a job's SQL can NOTIFY any channel),
-and a job launched before the connection existed, through another connection, or forgotten
-because too many were outstanding, is waited for the general way (its own channel). A
+Any session can NOTIFY any channel, so a notification counts as the job's end only if it carries
+the job's reply tag (events.reply_tag: a hash of the cookie, which only a statement that read
+the job's row knows); ``wait()`` then returns without reading the row. An untagged one (a pool
+of an earlier version) is a hint to re-read the row; a wrongly tagged one is ignored. A job
+launched before the connection existed, through another connection, or forgotten because too
+many were outstanding, is waited for the general way (its own channel). A
 connection that is replaced (broken, fork) takes its box with it; jobs that named it fall back
 the same way because the new box does not know them.
 """
@@ -24,7 +27,7 @@ from typing import Any
 import psycopg
 from psycopg import sql as pgsql
 
-from .events import reply_channel
+from .events import reply_channel, reply_tag
 
 # Jobs of one connection remembered as "will be told"; the oldest are forgotten beyond this
 # (launch-only threads would otherwise grow it forever), and fall back to a LISTEN of their own.
@@ -41,7 +44,8 @@ class ReplyBox:
         self.pid = backend_pid
         self.channel = reply_channel(backend_pid)
         self.expected: OrderedDict[int, int] = OrderedDict()  # job id -> cookie
-        self.ended: set[int] = set()
+        self.ended: set[int] = set()  # announced (proven or not), not yet taken
+        self.proven: set[int] = set()  # announced with the right tag
         self._since_drain = 0
 
     def expect(self, conn: psycopg.Connection[Any], job_id: int, cookie: int) -> None:
@@ -50,6 +54,7 @@ class ReplyBox:
         while len(self.expected) > MAX_EXPECTED:
             old, _ = self.expected.popitem(last=False)
             self.ended.discard(old)
+            self.proven.discard(old)
         self._since_drain += 1
         if self._since_drain >= DRAIN_EVERY:
             self.drain(conn, 0.0)
@@ -62,12 +67,18 @@ class ReplyBox:
         """Take in one notification: the id of an expected job it announces, else None."""
         if notify.channel != self.channel:
             return None  # a stale per-job channel
+        head, sep, tag = notify.payload.partition(":")
         try:
-            job_id = int(notify.payload)
+            job_id = int(head)
         except ValueError:
-            return None  # forged: payloads of ours are ids
-        if job_id not in self.expected:
+            return None  # forged: payloads of ours start with an id
+        cookie = self.expected.get(job_id)
+        if cookie is None:
             return None
+        if sep:
+            if tag != reply_tag(cookie):
+                return None  # forged
+            self.proven.add(job_id)
         self.ended.add(job_id)
         return job_id
 
@@ -79,6 +90,14 @@ class ReplyBox:
     def forget(self, job_id: int) -> None:
         self.expected.pop(job_id, None)
         self.ended.discard(job_id)
+        self.proven.discard(job_id)
+
+    def take_proven(self, job_id: int) -> bool:
+        """Was the end of ``job_id`` announced with its reply tag (so the row need not be read)?"""
+        if job_id in self.proven:
+            self.proven.discard(job_id)
+            return True
+        return False
 
     def take_ended(self, job_id: int) -> bool:
         """Was the end of ``job_id`` announced (and not yet taken)?"""

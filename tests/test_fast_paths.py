@@ -6,11 +6,12 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import psycopg
 import pytest
 from django.db import connection, transaction
 
 import pgbackground as pgb
-from pgbackground import prepared, replies
+from pgbackground import events, prepared, replies
 from pgbackground.db import launcher_connection
 from pgbackground.models import Job
 from tests.helpers import raw_connection
@@ -91,6 +92,8 @@ def test_a_forged_reply_notification_is_only_a_hint(pool):
         assert pid is not None
         forger.execute(f"NOTIFY pgbackground_reply_{pid}, '{h.id}'")
         forger.execute(f"NOTIFY pgbackground_reply_{pid}, 'not an id'")
+        # A tag that is not the job's (the forger does not know the cookie) is no proof.
+        forger.execute(f"NOTIFY pgbackground_reply_{pid}, '{h.id}:{'0' * 16}'")
         assert h.wait(0.5) is False  # the row says it still runs (or waits for its turn)
         assert h.state in ("queued", "running")
         # Another forged hint waits in the connection: result() takes it, finds nothing to
@@ -172,3 +175,27 @@ def test_a_connection_that_loses_prepared_statements_runs_the_plain_statement():
     state = prepared._states[connection.connection]
     assert state.unusable
     assert Job.objects.filter(pk__in=[h.id for h in handles], state="queued").count() == 3
+
+
+def test_the_pools_reply_carries_the_tag_that_proves_the_end(pool):
+    """The end is announced with the job's reply tag, computed alike in SQL and in Python; the
+    box counts it as proof (wait() then reads no row), a wrong or missing tag as none."""
+    conn = launcher_connection()
+    with raw_connection() as listener:
+        h = pgb.launch("SELECT 1")
+        channel = f"pgbackground_reply_{_reply_pid(h)}"
+        listener.execute(f"LISTEN {channel}")
+        assert h.wait(60)
+        payloads = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
+    assert f"{h.id}:{events.reply_tag(h.cookie)}" in payloads
+
+    box = replies.ReplyBox(conn.info.backend_pid)
+    box.expected[h.id] = h.cookie
+
+    def note(payload: str) -> int | None:
+        return box.note(psycopg.Notify(box.channel, payload, 0))
+
+    assert note(f"{h.id}:{'f' * 16}") is None
+    assert note(str(h.id)) == h.id and not box.take_proven(h.id)  # a hint only
+    assert note(f"{h.id}:{events.reply_tag(h.cookie)}") == h.id
+    assert box.take_proven(h.id) and not box.take_proven(h.id)
