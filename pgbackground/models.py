@@ -141,11 +141,13 @@ class Job(models.Model):
             models.Index(
                 fields=["id"], name="pgb_job_queued_idx", condition=models.Q(state="queued")
             ),
-            # Per-owner limit (MAX_WORKERS) and the owner's active list.
+            # Per-owner limit (MAX_WORKERS) and the owner's active list. The owner indexes
+            # leave ownerless jobs out: nothing looks them up by owner, and each index entry is
+            # written again by the claim and by the outcome (a state change is never HOT).
             models.Index(
                 fields=["owner", "state"],
                 name="pgb_job_owner_active_idx",
-                condition=models.Q(state__in=["queued", "running"]),
+                condition=models.Q(state__in=["queued", "running"], owner__isnull=False),
             ),
             # Recovery of jobs whose worker died.
             models.Index(
@@ -153,7 +155,11 @@ class Job(models.Model):
                 name="pgb_job_running_idx",
                 condition=models.Q(state="running"),
             ),
-            models.Index(fields=["owner", "-id"], name="pgb_job_owner_idx"),
+            models.Index(
+                fields=["owner", "-id"],
+                name="pgb_job_owner_idx",
+                condition=models.Q(owner__isnull=False),
+            ),
             models.Index(fields=["created_at"], name="pgb_job_created_idx"),
             models.Index(
                 fields=["finished_at"],
