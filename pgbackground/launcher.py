@@ -44,8 +44,10 @@ NOT_CARRIED = frozenset(
         "transaction_read_only",
     }
 )
-# The same, as the text[] parameter of the statements that read pg_settings.
-_NOT_CARRIED_LIST = sorted(NOT_CARRIED)
+# The same, written into the statements that read pg_settings (a constant, not a parameter that
+# every launch would quote and PostgreSQL parse as an array).
+assert all(re.fullmatch(r"[a-z_]+", name) for name in NOT_CARRIED)
+_NOT_CARRIED_SQL = "ARRAY[" + ", ".join(f"'{name}'" for name in sorted(NOT_CARRIED)) + "]"
 # Settings an override may not name (the role is carried from the launcher, never chosen).
 REFUSED_OVERRIDES = NOT_CARRIED
 
@@ -61,7 +63,7 @@ MAX_GUC_VALUE_CHARS = 8192
 # - "role": CARRY_SESSION_SETTINGS off: the role and the TimeZone only.
 _SESSION_SCAN = (
     "SELECT coalesce(jsonb_object_agg(name, setting)"
-    " FILTER (WHERE lower(name) <> ALL(%(not_carried)s)), '{}')"
+    f" FILTER (WHERE lower(name) <> ALL({_NOT_CARRIED_SQL})), '{{}}')"
     " FROM pg_settings WHERE source = 'session'"
 )
 _TIME_ZONE = "jsonb_build_object('TimeZone', current_setting('TimeZone'))"
@@ -239,7 +241,6 @@ def check_gucs_with_server(conn: psycopg.Connection[Any], role: str, gucs: dict[
 def capture_mode(wrapper: Any, params: dict[str, Any]) -> str:
     """How a launch on ``wrapper`` reads the caller's settings ("scan", "known" or "role"; see
     _CAPTURE_SELECT), with the parameters that needs added to ``params``."""
-    params["not_carried"] = _NOT_CARRIED_LIST
     params["carried"], params["fingerprint"] = Jsonb({}), None
     if not app_settings.CARRY_SESSION_SETTINGS:
         return "role"
@@ -315,7 +316,6 @@ _LAUNCH_TYPES = {
     "timeout": "double precision",
     "max_result_bytes": "bigint",
     "ff": "boolean",
-    "not_carried": "text[]",
     "carried": "jsonb",
     "fingerprint": "text",
     "sync": "text",
