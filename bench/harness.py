@@ -107,8 +107,9 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 class PoolProcess:
     """``manage.py runworkers`` against the bench database.
 
-    stdout (two lines: running / stopped) is read by a thread; the pool's log (stderr, one line
-    per job) goes to a temporary file so that reading it costs the launcher nothing.
+    stdout (two lines: running / stopped) is read by a thread; the pool's log (stderr; a line
+    per job with --job-log-lines) goes to a temporary file so that reading it costs the launcher
+    nothing.
     """
 
     def __init__(self, url: str, concurrency: int, env: dict[str, str] | None = None) -> None:

@@ -106,5 +106,9 @@ LOGGING = {
             "handlers": ["console"],
             "level": env.str("PGBACKGROUND_LOG_LEVEL", default="INFO"),
         },
+        # One line per finished job; WARNING keeps the failed ones only (unset: as above).
+        "pgbackground.jobs": {
+            "level": env.str("PGBACKGROUND_JOBS_LOG_LEVEL", default="NOTSET"),
+        },
     },
 }

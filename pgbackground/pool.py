@@ -43,6 +43,9 @@ from .results import TypeNames
 from .signals import job_finished, job_started
 
 logger = logging.getLogger("pgbackground.pool")
+# One line per job (started: DEBUG; outcome: INFO, errors WARNING), under a logger of its own so
+# that a deployment running many short jobs can turn them off and keep the pool's other lines.
+job_logger = logging.getLogger("pgbackground.jobs")
 
 # (No 'running' event here: the executor publishes it once the job has run for a while.)
 _CLAIM_UPDATE = """
@@ -630,7 +633,7 @@ class Slot(threading.Thread):
         _send_robust(
             job_started, job_id=job.id, label=job.label, worker_id=self.pool.worker_id
         )
-        logger.debug("job %s%s started on slot %d", job.id, label, self.number)
+        job_logger.debug("job %s%s started on slot %d", job.id, label, self.number)
         t0 = time.monotonic()
         try:
             outcome, reporter = self.executor.run(job)
@@ -826,11 +829,13 @@ def _log_outcome(job: ClaimedJob, outcome: Outcome, elapsed: float) -> None:
     ms = elapsed * 1000
     if outcome.failure is None:
         rows = "" if outcome.row_count is None else f", {outcome.row_count} row(s)"
-        logger.info(
+        job_logger.info(
             "job %s%s stopped in %.1f ms: %s%s", job.id, label, ms, outcome.command_tag or "-", rows
         )
     else:
-        log: Callable[..., None] = logger.info if outcome.state == "canceled" else logger.warning
+        log: Callable[..., None] = (
+            job_logger.info if outcome.state == "canceled" else job_logger.warning
+        )
         log(
             "job %s%s %s in %.1f ms: %s %s",
             job.id,

@@ -271,3 +271,17 @@ def test_queue_notifications_beyond_the_slots_leave_no_empty_claims_behind():
     p.wait_for_work(0)
     p.wait_for_work(0)
     assert p._tokens == 0
+
+
+def test_per_job_lines_have_a_logger_of_their_own(start_pool):
+    """A line per finished job under pgbackground.jobs: at WARNING, failed jobs only."""
+    quiet = start_pool("--concurrency", "1", env={"PGBACKGROUND_JOBS_LOG_LEVEL": "WARNING"})
+    good, bad = pgb.launch("SELECT 1"), pgb.launch("SELECT 1/0")
+    assert good.wait(60) and bad.wait(60)
+    quiet.expect(f"WARNING pgbackground.jobs: job {bad.id} error in")
+    assert f"job {good.id} stopped" not in quiet.output
+    quiet.stop()
+    loud = start_pool("--concurrency", "1")
+    h = pgb.launch("SELECT 2")
+    assert h.wait(60)
+    loud.expect(f"INFO pgbackground.jobs: job {h.id} stopped in")
