@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings as django_settings
+from django.core.signals import setting_changed
 
 DEFAULTS: dict[str, Any] = {
     # Queued + running jobs one owner may have at once (pg_background: max_workers per session).
@@ -59,13 +60,23 @@ MAX_LABEL_CHARS = 200
 
 
 class Settings:
-    """Reads ``settings.PGBACKGROUND`` on every access, so ``override_settings`` works."""
+    """``settings.PGBACKGROUND`` merged over DEFAULTS. Read once and kept (a launch reads about
+    ten of them, and each read of Django's settings object costs a few microseconds); read again
+    after ``setting_changed`` (``override_settings``, pytest-django's ``settings`` fixture)."""
 
     def __getattr__(self, name: str) -> Any:
         if name not in DEFAULTS:
             raise AttributeError(f"unknown pgbackground setting {name!r}")
-        user = getattr(django_settings, "PGBACKGROUND", None) or {}
-        return user.get(name, DEFAULTS[name])
+        values = self.__dict__.get("_values")
+        if values is None:
+            user = getattr(django_settings, "PGBACKGROUND", None) or {}
+            values = {key: user.get(key, default) for key, default in DEFAULTS.items()}
+            self.__dict__["_values"] = values
+        return values[name]
+
+    def reload(self) -> None:
+        """Forget the values read (the next access reads ``settings.PGBACKGROUND`` again)."""
+        self.__dict__.pop("_values", None)
 
     def seconds(self, name: str) -> float:
         """A duration setting as seconds, whether given as a number or a timedelta."""
@@ -76,3 +87,11 @@ class Settings:
 
 
 app_settings = Settings()
+
+
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == "PGBACKGROUND":
+        app_settings.reload()
+
+
+setting_changed.connect(_reload, dispatch_uid="pgbackground.conf.reload")
