@@ -89,6 +89,11 @@ def _watch(
     return execute(sql, params, many, context)
 
 
+def is_settings_watch(wrapper_function: object) -> bool:
+    """Is this Django execute wrapper the watch installed by :func:`remember`?"""
+    return wrapper_function is _watch
+
+
 def cached_capture(wrapper: Any) -> Capture | None:
     """The settings captured on ``wrapper``'s current connection, if still valid."""
     if not app_settings.CACHE_SESSION_SETTINGS or wrapper.connection is None:

@@ -589,20 +589,32 @@ class Executor:
         return True
 
     def finish_reset(self) -> None:
-        """Wait for the DISCARD ALL sent by :meth:`start_reset`; raise if it failed."""
+        """Wait for the DISCARD ALL sent by :meth:`start_reset`; raise if it failed. A cancel
+        meant for the job that reached the reset instead (cancel() racing the job's end) costs
+        the reset one more round trip, not the connection."""
+        for attempt in range(2):
+            error, sqlstate = self._reset_result()
+            if error is None:
+                return
+            if sqlstate != "57014" or attempt or not self.start_reset():
+                raise psycopg.OperationalError(error)
+
+    def _reset_result(self) -> tuple[str | None, str | None]:
+        """The error message and SQLSTATE of the DISCARD ALL in flight (None, None if it
+        succeeded)."""
         pgconn = self.conn.pgconn
         error: str | None = None
+        sqlstate: str | None = None
         while True:
             while pgconn.is_busy():
                 self._pg_sel.select(1.0)
                 pgconn.consume_input()
             res = pgconn.get_result()
             if res is None:
-                break
+                return error, sqlstate
             if res.status != ExecStatus.COMMAND_OK:
                 error = _text(res.error_message) or "DISCARD ALL failed"
-        if error is not None:
-            raise psycopg.OperationalError(error)
+                sqlstate = _text(res.error_field(DF.SQLSTATE)) or None
 
     def _cancel_backend(self) -> None:
         """Ask PostgreSQL to cancel the job's statement.

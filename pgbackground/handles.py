@@ -28,6 +28,7 @@ from .exceptions import (
     ResultConsumed,
     error_for,
 )
+from .prepared import NamedStatement
 from .replies import ReplyBox, box_of
 from .results import Column, Result, columns_from_json
 
@@ -130,6 +131,10 @@ SELECT c.command_tag, c.row_count, c.result_columns, c.n, c.inline,
        d.seq, d.nrows, d.data, d.nulls
 FROM c LEFT JOIN d ON true ORDER BY d.seq
 """
+
+_CONSUME = NamedStatement(
+    "pgbackground_consume", _CONSUME_SQL, {"id": "bigint", "cookie": "bigint", "inline": "bigint"}
+)
 
 _CANCEL_SQL = f"""
 WITH j AS (
@@ -328,10 +333,10 @@ class Handle:
             # Launched on this thread: consume as soon as the end is announced (the consuming
             # statement itself checks that the job stopped); anything else takes the long way.
             self._await_reply(conn, box, None, verify=False)
-            rows = conn.execute(_CONSUME_SQL, params, binary=True).fetchall()
+            rows = _CONSUME.run(conn, params, binary=True)
         if not rows:
             self.wait()
-            rows = conn.execute(_CONSUME_SQL, params, binary=True).fetchall()
+            rows = _CONSUME.run(conn, params, binary=True)
         if rows:
             tag, row_count, columns, stored, is_inline = rows[0][:5]
             chunks = [(r[6], r[7], r[8]) for r in rows if r[5] is not None] if is_inline else None

@@ -38,6 +38,7 @@ from .executor import (
     _lost_failure,
     _Reporter,
 )
+from .prepared import NamedStatement
 from .recovery import recover_lost_workers, terminate_orphan_backends
 from .results import TypeNames
 from .signals import job_finished, job_started
@@ -118,6 +119,42 @@ FROM (SELECT 1) AS one
 LEFT JOIN ({_RECORD_OUTPUT}) AS r ON true
 LEFT JOIN (SELECT {_CLAIM_COLUMNS} FROM c) AS n ON true
 """
+
+# The three statements of every job, prepared on each control connection (prepared.py).
+_CLAIM_TYPES = {"worker": "bigint", "pid": "integer"}
+_RECORD_TYPES = {
+    "id": "bigint",
+    "worker": "bigint",
+    "state": "text",
+    "tag": "text",
+    "row_count": "bigint",
+    "keep_set": "integer",
+    "columns": "jsonb",
+    "result_rows": "bigint",
+    "result_bytes": "bigint",
+    "sqlstate": "text",
+    "message": "text",
+    "detail": "text",
+    "hint": "text",
+    "context": "text",
+    "position": "integer",
+    "pct": "double precision",
+    "pmessage": "text",
+    "notices": "jsonb",
+    "dropped": "integer",
+    "redact": "boolean",
+    "if_requested": "boolean",
+    "canceled_message": "text",
+    "tail_seq": "integer",
+    "tail_nrows": "integer",
+    "tail_data": "bytea",
+    "tail_nulls": "bytea",
+}
+_CLAIM = NamedStatement("pgbackground_claim", _CLAIM_SQL, _CLAIM_TYPES)
+_RECORD = NamedStatement("pgbackground_record", _RECORD_SQL, _RECORD_TYPES)
+_RECORD_AND_CLAIM = NamedStatement(
+    "pgbackground_record_claim", _RECORD_AND_CLAIM_SQL, {**_RECORD_TYPES, **_CLAIM_TYPES}
+)
 
 _REBIND_SQL = (
     "UPDATE pgbackground_job SET backend_pid = %s"
@@ -555,9 +592,8 @@ class Slot(threading.Thread):
         assert self.control is not None and self.job_conn is not None
         pid = self.job_conn.info.backend_pid
         with self.claim_lock:
-            row = self.control.execute(
-                _CLAIM_SQL, {"worker": self.pool.worker_id, "pid": pid}
-            ).fetchone()
+            rows = _CLAIM.run(self.control, {"worker": self.pool.worker_id, "pid": pid})
+            row = rows[0] if rows else None
             self.held_job = None if row is None else int(row[0])
         return self._claimed(row, pid)
 
@@ -652,21 +688,25 @@ class Slot(threading.Thread):
             with self._lock:
                 self.current_job = None
         elapsed = time.monotonic() - t0
+        # The job connection's reset (DISCARD ALL) runs while the outcome is recorded.
+        reset_sent = not outcome.connection_lost and self.executor.start_reset()
         claim_next = more and not outcome.connection_lost and not self.pool.draining.is_set()
         claimed = self._record(job, outcome, reporter, claim_next=claim_next)
         if claimed is None:
             self.held_job = None
         try:
-            self._after(job, outcome, elapsed)
+            self._after(job, outcome, elapsed, reset_sent=reset_sent)
         except BaseException:
             self.held_job = None  # the job claimed ahead never starts: the heartbeat requeues it
             raise
         return (None, more) if claimed is None else claimed
 
-    def _after(self, job: ClaimedJob, outcome: Outcome, elapsed: float) -> None:
-        """After the outcome is recorded: reset the job connection, log, signal."""
+    def _after(
+        self, job: ClaimedJob, outcome: Outcome, elapsed: float, *, reset_sent: bool
+    ) -> None:
+        """After the outcome is recorded: log, signal, and finish the job connection's reset
+        (or close it when the reset could not be sent)."""
         assert self.executor is not None
-        reset_sent = not outcome.connection_lost and self.executor.start_reset()
         _log_outcome(job, outcome, elapsed)
         _send_robust(
             job_finished,
@@ -736,7 +776,8 @@ class Slot(threading.Thread):
                     claim_next = False  # a retry only records
                     row, claimed = self._record_and_claim(params)
                 else:
-                    row = self.control.execute(_RECORD_SQL, params).fetchone()
+                    rows = _RECORD.run(self.control, params)
+                    row = rows[0] if rows else None
                 if row is None:
                     logger.warning(
                         "job %s was already resolved elsewhere (declared lost?);"
@@ -772,8 +813,7 @@ class Slot(threading.Thread):
         assert self.control is not None and self.job_conn is not None
         pid = self.job_conn.info.backend_pid
         with self.claim_lock:
-            both = self.control.execute(_RECORD_AND_CLAIM_SQL, {**params, "pid": pid}).fetchone()
-            assert both is not None
+            (both,) = _RECORD_AND_CLAIM.run(self.control, {**params, "pid": pid})
             row = both[:6] if both[0] is not None else None
             claimed = both[6:] if both[6] is not None else None
             self.held_job = None if claimed is None else int(claimed[0])

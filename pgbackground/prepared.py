@@ -1,15 +1,29 @@
-"""Statements prepared by name (SQL ``PREPARE``) on the caller's own Django connection.
+"""Statements prepared by name (SQL ``PREPARE``) and run with libpq's ``PQexecPrepared``.
 
-Django binds parameters client-side and connects with psycopg's ``prepare_threshold=None``, so
-nothing on its connection is ever prepared, and a statement that must run there (the launch
-statement reads the caller's session) is parsed and planned on every call. Preparing it by name
-keeps Django's cursor (its error wrapping, its query log) and lets PostgreSQL skip that work.
+A job costs a handful of statements, and most of the client-side cost of each was psycopg's
+cursor machinery (query conversion, generators, a new transformer per cursor): about 50 µs of
+CPU and wall time per statement on the bench machine, against about 80 µs for the statement
+itself on the wire (bench/ and docs/performance.md). A statement of this module is prepared
+once per connection and then run with one libpq call, its parameters dumped and its rows
+loaded with psycopg's own adapters (so values have the types a psycopg query gives).
 
-A connection loses its prepared statements to ``DISCARD ALL`` / ``DEALLOCATE`` or to a pooler
-moving it to another server connection: the statement is then prepared again and retried once,
-and a connection where that does not stick (a transaction pooler) runs the plain statement from
-then on. Only statements that commit on their own (autocommit) run here: a failed EXECUTE must
-not abort the caller's transaction.
+Two kinds of connections run them:
+
+- pgbackground's own connections (the launcher's, the pool's control connections):
+  :meth:`NamedStatement.run`;
+- the caller's Django connection, for the launch statement that must read the caller's session:
+  :meth:`NamedStatement.execute`. Django binds parameters client-side and connects with
+  ``prepare_threshold=None``, so without this the statement would be parsed and planned on every
+  launch. It is prepared through Django's cursor; later runs go through Django's cursor again
+  whenever something watches it (``DEBUG`` query logging, an execute wrapper other than
+  pgbackground's own), so that the launch stays visible to that tool.
+
+A connection loses its prepared statements to ``DISCARD ALL`` / ``DEALLOCATE`` (psycopg sends
+``DEALLOCATE ALL`` itself after a ``ROLLBACK`` on a connection where it prepared statements) or
+to a pooler moving it to another server connection: the statement is then prepared again and
+retried once, and a connection where that does not stick (a transaction pooler) runs the plain
+statement from then on. On the caller's connection only statements that commit on their own
+(autocommit) run here: a failed EXECUTE must not abort the caller's transaction.
 """
 
 from __future__ import annotations
@@ -17,13 +31,23 @@ from __future__ import annotations
 import hashlib
 import re
 import weakref
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import psycopg
 from django.db import DatabaseError, connections
+from psycopg import errors, pq
+from psycopg.adapt import PyFormat, Transformer
+
+from .capture import is_settings_watch
 
 _NAMED_PARAM = re.compile(r"%\((\w+)\)s")
 _UNDEFINED_STATEMENT = "26000"  # prepared statement does not exist
 _DUPLICATE_STATEMENT = "42P05"  # prepared statement already exists
+
+
+_BYTES = (bytes, bytearray, memoryview)
+_ROWS = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK)
 
 
 class _ConnectionState:
@@ -63,10 +87,56 @@ class NamedStatement:
         type_list = ", ".join(types[name] for name in self.order)
         self.prepare_sql = f"PREPARE {self.name} ({type_list}) AS {body}"
         self.execute_sql = f"EXECUTE {self.name} ({', '.join(['%s'] * len(self.order))})"
+        self._bname = self.name.encode()
+
+    # --- on pgbackground's own connections -----------------------------------------------------
+
+    def run(
+        self, conn: psycopg.Connection[Any], params: Mapping[str, Any], *, binary: bool = False
+    ) -> list[tuple[Any, ...]]:
+        """Run on one of pgbackground's own (autocommit) psycopg connections; all its rows.
+        ``binary``: rows come in PostgreSQL's binary format (bytea without hex encoding)."""
+        state = _states.get(conn)
+        if state is None:
+            state = _states.setdefault(conn, _ConnectionState())
+        if not state.unusable:
+            args = [params[name] for name in self.order]
+            for _ in range(2):
+                if self.name not in state.prepared:
+                    try:
+                        conn.execute(self.prepare_sql)
+                    except errors.DuplicatePreparedStatement:
+                        pass
+                    state.prepared.add(self.name)
+                try:
+                    return exec_prepared(conn, self._bname, args, binary=binary)
+                except errors.InvalidSqlStatementName:
+                    state.prepared.discard(self.name)
+            state.unusable = True  # prepared twice, gone twice: a pooler
+        return conn.execute(self.sql, params, binary=binary).fetchall()
+
+    # --- on the caller's Django connection -----------------------------------------------------
 
     def execute(self, alias: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
         """Run on ``alias``'s connection (in autocommit mode); the first row, or None."""
         wrapper = connections[alias]
+        raw = wrapper.connection
+        state = None if raw is None else _states.get(raw)
+        if (
+            state is not None
+            and self.name in state.prepared
+            and not wrapper.queries_logged
+            and all(is_settings_watch(w) for w in wrapper.execute_wrappers)
+            and raw.pgconn.transaction_status == pq.TransactionStatus.IDLE
+        ):
+            try:
+                with wrapper.wrap_database_errors:
+                    rows = exec_prepared(raw, self._bname, [params[n] for n in self.order])
+                return rows[0] if rows else None
+            except DatabaseError as exc:
+                if _sqlstate(exc) != _UNDEFINED_STATEMENT:
+                    raise
+                state.prepared.discard(self.name)  # prepared again below
         with wrapper.cursor() as cursor:
             state = _states.get(wrapper.connection)
             if state is None:
@@ -94,3 +164,42 @@ class NamedStatement:
             if _sqlstate(exc) != _DUPLICATE_STATEMENT:
                 raise
         state.prepared.add(self.name)
+
+
+def exec_prepared(
+    conn: psycopg.Connection[Any], name: bytes, args: Sequence[Any], *, binary: bool = False
+) -> list[tuple[Any, ...]]:
+    """Run the statement prepared as ``name`` on ``conn`` with one libpq call; all its rows.
+
+    Parameters go in text format (PostgreSQL reads them as the types the statement declares),
+    bytes in binary format; both dumped, and the rows loaded, by psycopg's adapters of ``conn``.
+    Errors are psycopg's: OperationalError when the connection is lost, else the exception
+    class of the SQLSTATE.
+    """
+    if conn.closed:
+        raise psycopg.OperationalError("the connection is closed")
+    tx = Transformer(conn)
+    formats = [PyFormat.BINARY if isinstance(a, _BYTES) else PyFormat.TEXT for a in args]
+    values = tx.dump_sequence(args, formats)
+    pgconn = conn.pgconn
+    with conn.lock:
+        res = pgconn.exec_prepared(
+            name,
+            values,  # type: ignore[arg-type]  # None items are NULLs (psycopg passes them too)
+            tx.formats,
+            result_format=pq.Format.BINARY if binary else pq.Format.TEXT,
+        )
+        # What psycopg does after each of its own results: notifications that arrived with
+        # this one go to the connection's handlers and to the backlog of notifies().
+        while notify := pgconn.notifies():
+            if pgconn.notify_handler:
+                pgconn.notify_handler(notify)
+    if res.status in _ROWS:
+        if not res.ntuples:
+            return []
+        tx.set_pgresult(res)
+        return [tx.load_row(i, tuple) for i in range(res.ntuples)]
+    if pgconn.status == pq.ConnStatus.BAD:
+        message = res.error_message or pgconn.error_message
+        raise psycopg.OperationalError(message.decode("utf-8", "replace").strip())
+    raise errors.error_from_result(res, encoding=conn.info.encoding)
