@@ -32,7 +32,7 @@ import hashlib
 import re
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from django.db import DatabaseError, connections
@@ -40,6 +40,11 @@ from psycopg import errors, pq
 from psycopg.adapt import PyFormat, Transformer
 
 from .capture import is_settings_watch
+
+if TYPE_CHECKING:
+    from psycopg.abc import Transformer as TransformerT
+else:
+    TransformerT = Transformer
 
 _NAMED_PARAM = re.compile(r"%\((\w+)\)s")
 _UNDEFINED_STATEMENT = "26000"  # prepared statement does not exist
@@ -54,6 +59,14 @@ class _ConnectionState:
     def __init__(self) -> None:
         self.prepared: set[str] = set()
         self.unusable = False  # prepared statements do not stick: plain statements only
+        # Per statement: a transformer that has the loaders of its result columns (and caches
+        # the dumpers of its parameters), reused by every run.
+        self.transformers: dict[tuple[str, bool], TransformerT] = {}
+
+    def forget(self, name: str) -> None:
+        self.prepared.discard(name)
+        for key in [k for k in self.transformers if k[0] == name]:
+            del self.transformers[key]
 
 
 _states: weakref.WeakKeyDictionary[Any, _ConnectionState] = weakref.WeakKeyDictionary()
@@ -101,6 +114,7 @@ class NamedStatement:
             state = _states.setdefault(conn, _ConnectionState())
         if not state.unusable:
             args = [params[name] for name in self.order]
+            key = (self.name, binary)
             for _ in range(2):
                 if self.name not in state.prepared:
                     try:
@@ -108,10 +122,24 @@ class NamedStatement:
                     except errors.DuplicatePreparedStatement:
                         pass
                     state.prepared.add(self.name)
+                kept = state.transformers.get(key)
+                tx = kept or Transformer(conn)
                 try:
-                    return exec_prepared(conn, self._bname, args, binary=binary)
+                    rows = exec_prepared(
+                        conn, self._bname, args, binary=binary, tx=tx, same_columns=bool(kept)
+                    )
                 except errors.InvalidSqlStatementName:
-                    state.prepared.discard(self.name)
+                    state.forget(self.name)
+                    continue
+                except errors.FeatureNotSupported:
+                    # "cached plan must not change result type": a migration altered a column
+                    # it returns. Prepared again for the table as it is now.
+                    conn.execute(f"DEALLOCATE {self.name}")
+                    state.forget(self.name)
+                    continue
+                if kept is None and rows:  # tx now has the loaders of the result columns
+                    state.transformers[key] = tx
+                return rows
             state.unusable = True  # prepared twice, gone twice: a pooler
         return conn.execute(self.sql, params, binary=binary).fetchall()
 
@@ -167,18 +195,26 @@ class NamedStatement:
 
 
 def exec_prepared(
-    conn: psycopg.Connection[Any], name: bytes, args: Sequence[Any], *, binary: bool = False
+    conn: psycopg.Connection[Any],
+    name: bytes,
+    args: Sequence[Any],
+    *,
+    binary: bool = False,
+    tx: TransformerT | None = None,
+    same_columns: bool = False,
 ) -> list[tuple[Any, ...]]:
     """Run the statement prepared as ``name`` on ``conn`` with one libpq call; all its rows.
 
     Parameters go in text format (PostgreSQL reads them as the types the statement declares),
-    bytes in binary format; both dumped, and the rows loaded, by psycopg's adapters of ``conn``.
-    Errors are psycopg's: OperationalError when the connection is lost, else the exception
-    class of the SQLSTATE.
+    bytes in binary format; both dumped, and the rows loaded, by psycopg's adapters of ``conn``
+    (through ``tx`` if given; ``same_columns``: it already has the loaders of this statement's
+    result columns). Errors are psycopg's: OperationalError when the connection is lost, else
+    the exception class of the SQLSTATE.
     """
     if conn.closed:
         raise psycopg.OperationalError("the connection is closed")
-    tx = Transformer(conn)
+    if tx is None:
+        tx = Transformer(conn)
     formats = [PyFormat.BINARY if isinstance(a, _BYTES) else PyFormat.TEXT for a in args]
     values = tx.dump_sequence(args, formats)
     pgconn = conn.pgconn
@@ -197,7 +233,7 @@ def exec_prepared(
     if res.status in _ROWS:
         if not res.ntuples:
             return []
-        tx.set_pgresult(res)
+        tx.set_pgresult(res, set_loaders=not same_columns)
         return [tx.load_row(i, tuple) for i in range(res.ntuples)]
     if pgconn.status == pq.ConnStatus.BAD:
         message = res.error_message or pgconn.error_message

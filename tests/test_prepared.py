@@ -108,6 +108,20 @@ def test_a_statement_the_server_forgot_is_prepared_again(reset):
         assert not prepared._states[conn].unusable
 
 
+def test_a_statement_whose_result_type_changed_is_prepared_again():
+    """A migration that alters a returned column while the pool runs: PostgreSQL refuses the
+    old plan (0A000, "cached plan must not change result type")."""
+    select = prepared.NamedStatement(
+        "pgbackground_test_altered", "SELECT x FROM pgb_test_altered WHERE x > %(n)s", {"n": "int"}
+    )
+    with raw_connection() as conn:
+        conn.execute("CREATE TEMP TABLE pgb_test_altered (x int)")
+        conn.execute("INSERT INTO pgb_test_altered VALUES (5)")
+        assert select.run(conn, {"n": 0}) == [(5,)]
+        conn.execute("ALTER TABLE pgb_test_altered ALTER x TYPE bigint")
+        assert select.run(conn, {"n": 0}) == [(5,)]
+
+
 def test_a_connection_that_never_keeps_statements_runs_the_plain_statement(monkeypatch):
     """What a transaction pooler does: the statement is gone from every next server session."""
     with raw_connection() as conn:
