@@ -38,6 +38,7 @@ from .executor import (
     _lost_failure,
     _Reporter,
 )
+from .notifies import NotificationReader
 from .prepared import NamedStatement
 from .recovery import recover_lost_workers, terminate_orphan_backends
 from .results import TypeNames
@@ -345,14 +346,16 @@ class Pool:
     def _listen(self) -> None:
         backoff = Backoff()
         conn: psycopg.Connection[Any] | None = None
+        reader: NotificationReader | None = None
         next_beat = 0.0
         while not self.stopped.is_set():
             try:
-                if conn is None:
+                if conn is None or reader is None:
                     conn = connect(
                         self.models_alias,
                         application_name=f"pgbackground listener w{self.worker_id}",
                     )
+                    reader = NotificationReader(conn)
                     conn.execute(f"LISTEN {QUEUE_CHANNEL}")
                     conn.execute(f"LISTEN {CANCEL_CHANNEL}")
                     backoff.reset()
@@ -365,21 +368,19 @@ class Pool:
                     next_beat = now + self.heartbeat_interval
                 wait = min(0.25, max(0.0, next_beat - time.monotonic()))
                 cancel_seen = False
-                # stop_after=1: back after the first batch, read whole (leaving the generator
-                # early would drop the rest of it, queue notifications included).
-                for notify in conn.notifies(timeout=wait, stop_after=1):
+                for notify in reader.read(wait):
                     if notify.channel == QUEUE_CHANNEL:
                         self.wake_one()
                     elif notify.channel == CANCEL_CHANNEL:
                         cancel_seen = True
                 if cancel_seen:
-                    # Out of the generator: it holds the connection's lock, and the cancels are
-                    # read over this same connection.
                     self._dispatch_cancel(conn)
             except psycopg.OperationalError as exc:
+                if reader is not None:
+                    reader.close()
                 if conn is not None:
                     conn.close()
-                conn = None
+                conn, reader = None, None
                 delay = backoff.next()
                 logger.warning(
                     "listener lost its connection (%s); reconnecting in %.1f s",
@@ -389,10 +390,14 @@ class Pool:
                 self.stopped.wait(delay)
             except Exception:
                 logger.exception("listener error; reconnecting")
+                if reader is not None:
+                    reader.close()
                 if conn is not None:
                     conn.close()
-                conn = None
+                conn, reader = None, None
                 self.stopped.wait(backoff.next())
+        if reader is not None:
+            reader.close()
         if conn is not None:
             conn.close()
 

@@ -40,6 +40,7 @@ from psycopg import errors, pq
 from psycopg.adapt import PyFormat, Transformer
 
 from .capture import is_settings_watch
+from .notifies import dispatch_notifies
 
 if TYPE_CHECKING:
     from psycopg.abc import Transformer as TransformerT
@@ -225,11 +226,7 @@ def exec_prepared(
             tx.formats,
             result_format=pq.Format.BINARY if binary else pq.Format.TEXT,
         )
-        # What psycopg does after each of its own results: notifications that arrived with
-        # this one go to the connection's handlers and to the backlog of notifies().
-        while notify := pgconn.notifies():
-            if pgconn.notify_handler:
-                pgconn.notify_handler(notify)
+        dispatch_notifies(pgconn)  # those that arrived with the result, as psycopg does
     if res.status in _ROWS:
         if not res.ntuples:
             return []

@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 import pgbackground as pgb
 from pgbackground import prepared
 from pgbackground.conf import app_settings
+from pgbackground.notifies import NotificationReader
 from tests.helpers import raw_connection
 
 pytestmark = pytest.mark.django_db  # the test database exists (raw connections use it)
@@ -209,3 +210,22 @@ def test_settings_are_read_again_when_they_change():
         during = app_settings.MAX_WORKERS
     after = app_settings.MAX_WORKERS
     assert (during, after) == (before + 5, before)
+
+
+def test_the_notification_reader_keeps_what_arrives_with_other_results():
+    """The pool's listener reads with NotificationReader; its connection also runs heartbeats."""
+    with raw_connection() as conn, raw_connection() as other:
+        reader = NotificationReader(conn)
+        conn.execute("LISTEN pgbackground_test_a")
+        assert reader.read(0) == []
+        other.execute("NOTIFY pgbackground_test_a, 'during'")
+        assert select.select([conn.fileno()], [], [], 10)[0]
+        conn.execute("SELECT 1")  # reads the notification along with its result
+        assert [n.payload for n in reader.read(0)] == ["during"]
+        other.execute("NOTIFY pgbackground_test_a, 'waited'")
+        assert [n.payload for n in reader.read(10)] == ["waited"]
+        other.execute("SELECT pg_terminate_backend(%s)", [conn.info.backend_pid])
+        with pytest.raises(psycopg.OperationalError):
+            for _ in range(3):  # libpq reads the FATAL message first, then the end of the stream
+                reader.read(10)
+        reader.close()
