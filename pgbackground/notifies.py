@@ -10,6 +10,7 @@ the results of other statements on the connection are kept too.
 
 from __future__ import annotations
 
+import os
 import selectors
 from collections import deque
 from typing import Any
@@ -31,21 +32,34 @@ class NotificationReader:
     """The notifications of one connection, read without psycopg's generator. Once made, the
     connection's notifications all go to it: do not call ``conn.notifies()`` as well."""
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], *, wakeup_fd: int | None = None) -> None:
+        """``wakeup_fd``: a non-blocking file descriptor (a pipe's end) whose data ends a
+        :meth:`read` early (the data is read and dropped)."""
         self._conn = conn
         self._received: deque[psycopg.Notify] = deque()
         conn.add_notify_handler(self._received.append)
         self._selector = selectors.DefaultSelector()
-        self._selector.register(conn.fileno(), selectors.EVENT_READ)
+        self._selector.register(conn.fileno(), selectors.EVENT_READ, "pg")
+        self._wakeup_fd = wakeup_fd
+        if wakeup_fd is not None:
+            self._selector.register(wakeup_fd, selectors.EVENT_READ, "wakeup")
 
     def read(self, timeout: float) -> list[psycopg.Notify]:
         """The notifications received so far or, if none, within ``timeout`` seconds (a batch:
-        what arrived together with the first one). OperationalError if the connection fails."""
+        what arrived together with the first one), or none if the wake-up descriptor became
+        readable first. OperationalError if the connection fails."""
         if not self._received:
             conn, pgconn = self._conn, self._conn.pgconn
             with conn.lock:
                 dispatch_notifies(pgconn)  # read by libpq along with an earlier result
-            if not self._received and self._selector.select(timeout):
+            ready = (
+                {key.data for key, _ in self._selector.select(timeout)}
+                if not self._received
+                else set()
+            )
+            if "wakeup" in ready:
+                self._drain_wakeup()
+            if not self._received and "pg" in ready:
                 with conn.lock:
                     pgconn.consume_input()
                     dispatch_notifies(pgconn)
@@ -56,5 +70,14 @@ class NotificationReader:
         self._received.clear()
         return received
 
+    def _drain_wakeup(self) -> None:
+        assert self._wakeup_fd is not None
+        try:
+            while os.read(self._wakeup_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
     def close(self) -> None:
+        """Stop waiting on the connection (the wake-up descriptor stays open: not ours)."""
         self._selector.close()

@@ -231,6 +231,15 @@ class Pool:
         self.stopped = threading.Event()  # stop everything
         self._work = threading.Condition()
         self._tokens = 0
+        # Slots waiting for a token, and whether the listener stopped listening to the queue
+        # channel because none was (both under _work; see "work signalling").
+        self._idle = 0
+        self._queue_paused = False
+        # Written by a slot that starts waiting while the queue channel is not listened to:
+        # wakes the listener, which listens again.
+        self._resume_r, self._resume_w = os.pipe()
+        os.set_blocking(self._resume_r, False)
+        os.set_blocking(self._resume_w, False)
         self.slots: list[Slot] = []
         self._listener: threading.Thread | None = None
         self.heartbeat_interval = float(app_settings.HEARTBEAT_INTERVAL)
@@ -296,6 +305,10 @@ class Pool:
         self.stopped.set()
         if self._listener is not None:
             _join(self._listener, 5.0)
+        threads: list[threading.Thread] = [*self.slots, *filter(None, [self._listener])]
+        if not any(t.is_alive() for t in threads):  # else a late write could hit a reused fd
+            for fd in (self._resume_r, self._resume_w):
+                os.close(fd)
         self._mark_stopped("shutdown")
         logger.info("worker %s stopped", self.worker_id)
 
@@ -321,6 +334,14 @@ class Pool:
     # Tokens are capped at the number of slots: while every slot is busy claiming on its own
     # (a deep queue), NOTIFYs would otherwise pile up tokens that each cost an empty claim
     # once the queue is drained (5,000 of them after 5,000 jobs launched in a burst).
+    #
+    # While no slot waits for a token, nothing needs to hear of new jobs: a busy slot claims
+    # the next job when it records its outcome, or waits once the queue is empty. So the
+    # listener stops listening to the queue channel then (every launch would otherwise wake
+    # the pool's Python for nothing), and listens again as soon as a slot starts waiting;
+    # the slots then all look at the queue once (wake_all), which finds the jobs queued
+    # meanwhile. Both decisions are taken under _work, so a slot that starts waiting either
+    # is counted before the listener decides to stop, or sees that it stopped and wakes it.
 
     def wake_one(self) -> None:
         """A job was queued: one token (at most one per slot), one slot woken."""
@@ -337,9 +358,42 @@ class Pool:
     def wait_for_work(self, timeout: float) -> None:
         with self._work:
             if not self._tokens and not self.draining.is_set():
-                self._work.wait(timeout)
+                self._idle += 1
+                if self._queue_paused:
+                    self._wake_listener()
+                try:
+                    self._work.wait(timeout)
+                finally:
+                    self._idle -= 1
             if self._tokens:
                 self._tokens -= 1
+
+    def _pause_queue(self) -> bool:
+        """Should the listener stop listening to the queue channel (no slot waits)? If so, it
+        is marked as not listening from now on."""
+        with self._work:
+            if self._idle or self._queue_paused or self.draining.is_set():
+                return False
+            self._queue_paused = True
+            return True
+
+    def _resume_queue(self) -> bool:
+        """Should the listener listen to the queue channel again (a slot waits, or the pool
+        drains)?"""
+        with self._work:
+            return self._queue_paused and bool(self._idle or self.draining.is_set())
+
+    def _queue_resumed(self) -> None:
+        """The listener listens to the queue channel again: every slot looks at the queue."""
+        with self._work:
+            self._queue_paused = False
+        self.wake_all()
+
+    def _wake_listener(self) -> None:
+        try:
+            os.write(self._resume_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full: the listener has been woken already
 
     # --- the listener thread -------------------------------------------------------------------
 
@@ -355,11 +409,11 @@ class Pool:
                         self.models_alias,
                         application_name=f"pgbackground listener w{self.worker_id}",
                     )
-                    reader = NotificationReader(conn)
+                    reader = NotificationReader(conn, wakeup_fd=self._resume_r)
                     conn.execute(f"LISTEN {QUEUE_CHANNEL}")
                     conn.execute(f"LISTEN {CANCEL_CHANNEL}")
                     backoff.reset()
-                    self.wake_all()  # jobs queued while we were not listening
+                    self._queue_resumed()  # jobs queued while we were not listening
                     self._dispatch_pending_cancels(conn)
                     next_beat = 0.0
                 now = time.monotonic()
@@ -367,14 +421,22 @@ class Pool:
                     self._heartbeat(conn)
                     next_beat = now + self.heartbeat_interval
                 wait = min(0.25, max(0.0, next_beat - time.monotonic()))
-                cancel_seen = False
+                cancel_seen = queue_seen = False
                 for notify in reader.read(wait):
                     if notify.channel == QUEUE_CHANNEL:
+                        queue_seen = True
                         self.wake_one()
                     elif notify.channel == CANCEL_CHANNEL:
                         cancel_seen = True
                 if cancel_seen:
                     self._dispatch_cancel(conn)
+                if self._resume_queue():
+                    conn.execute(f"LISTEN {QUEUE_CHANNEL}")
+                    self._queue_resumed()
+                    logger.debug("a slot waits for work: listening to the queue channel again")
+                elif queue_seen and self._pause_queue():
+                    conn.execute(f"UNLISTEN {QUEUE_CHANNEL}")
+                    logger.debug("every slot is busy: not listening to the queue channel")
             except psycopg.OperationalError as exc:
                 if reader is not None:
                     reader.close()

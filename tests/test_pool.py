@@ -11,7 +11,7 @@ import pytest
 
 import pgbackground as pgb
 from pgbackground.models import Worker
-from tests.helpers import EventListener, sql, wait_until
+from tests.helpers import EventListener, raw_connection, sql, wait_until
 from tests.poolproc import ROOT
 
 pytestmark = [pytest.mark.pool, pytest.mark.django_db(transaction=True)]
@@ -285,3 +285,28 @@ def test_per_job_lines_have_a_logger_of_their_own(start_pool):
     h = pgb.launch("SELECT 2")
     assert h.wait(60)
     loud.expect(f"INFO pgbackground.jobs: job {h.id} stopped in")
+
+
+def test_the_queue_channel_is_not_listened_to_while_every_slot_is_busy(start_pool):
+    """Launches while no slot waits wake nobody; the first slot to wait makes the listener
+    listen again, and the jobs queued meanwhile run, without the poll interval's help."""
+    pool = start_pool(
+        "--concurrency",
+        "1",
+        env={"PGBACKGROUND_POLL_INTERVAL": "600", "PGBACKGROUND_LOG_LEVEL": "DEBUG"},
+    )
+    key = 8_615_777
+    events = EventListener()
+    with raw_connection() as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", [key])
+        busy = pgb.launch(f"SELECT pg_advisory_lock({key}); SELECT pg_advisory_unlock({key})")
+        events.wait_for(busy.id, lambda e: e["state"] == "running")
+        queued = [pgb.launch(f"SELECT {n}") for n in range(3)]
+        pool.expect("every slot is busy: not listening to the queue channel")
+        holder.execute("SELECT pg_advisory_unlock(%s)", [key])
+    events.close()
+    assert all(h.wait(30) for h in [busy, *queued])
+    pool.expect("a slot waits for work: listening to the queue channel again")
+    later = pgb.launch("SELECT 'later'")
+    assert later.wait(30)
+    assert later.result().rows == [("later",)]
