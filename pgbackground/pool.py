@@ -13,6 +13,8 @@ exactly one slot of all the pools on all machines.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import socket
@@ -23,7 +25,6 @@ from typing import Any
 
 import psycopg
 from django.dispatch import Signal
-from psycopg.types.json import Jsonb
 
 from .conf import app_settings
 from .db import connect, jobs_alias, models_alias
@@ -62,7 +63,7 @@ _CLAIM_UPDATE = """
 # planner drops ORDER BY/LIMIT inside EXISTS and, in a generic plan that cannot tell how many
 # rows ``q.id > c.id`` keeps, may pick a sequential scan that walks every finished job first.)
 _CLAIM_COLUMNS = """
-       c.id, c.cookie, c.sql, c.label, c.owner_id, c.role, c.gucs, c.timeout,
+       c.id, c.cookie, c.sql, c.label, c.owner_id, c.role, c.gucs::text, c.timeout,
        c.max_result_bytes, c.fire_and_forget,
        extract(epoch FROM c.cancel_deadline - clock_timestamp()),
        (SELECT q.id FROM pgbackground_job q WHERE q.state = 'queued' AND q.id > c.id
@@ -80,7 +81,7 @@ WITH j AS (
                         || length(sql) || ' characters'
                    ELSE sql END,
         command_tag = %(tag)s, row_count = %(row_count)s,
-        result_columns = %(columns)s,
+        result_columns = %(columns)s::jsonb,
         result_rows = %(result_rows)s, result_bytes = %(result_bytes)s,
         error_sqlstate = %(sqlstate)s,
         error_message = CASE WHEN %(if_requested)s AND cancel_requested_at IS NOT NULL
@@ -91,7 +92,7 @@ WITH j AS (
         progress_message = coalesce(%(pmessage)s, progress_message),
         progress_at = CASE WHEN %(pmessage)s::text IS NULL THEN progress_at
                            ELSE clock_timestamp() END,
-        notices = notices || %(notices)s, notices_dropped = %(dropped)s,
+        notices = notices || %(notices)s::jsonb, notices_dropped = %(dropped)s,
         event_seq = event_seq + 1
     -- One row by its primary key. (The row comparison keeps the planner off the partial index
     -- of running jobs, whose entries for this worker, dead ones included, it would walk.)
@@ -693,7 +694,7 @@ class Slot(threading.Thread):
             label=label,
             owner_id=owner_id,
             role=role,
-            gucs=dict(gucs or {}),
+            gucs=dict(_settings_items(gucs)),
             timeout=timeout,
             max_result_bytes=max_bytes,
             fire_and_forget=ff,
@@ -816,7 +817,7 @@ class Slot(threading.Thread):
             "position": f.position if f else None,
             "pct": reporter.pct,
             "pmessage": reporter.message,
-            "notices": Jsonb(reporter.notices),
+            "notices": json.dumps(reporter.notices) if reporter.notices else "[]",
             "dropped": reporter.dropped,
             "redact": bool(app_settings.REDACT_SQL),
             "if_requested": outcome.canceled_if_requested,
@@ -837,7 +838,7 @@ class Slot(threading.Thread):
                         f" s{self.number}",
                     )
                 if cols:
-                    params["columns"] = Jsonb(self.type_names.columns(self.control, cols))
+                    params["columns"] = self.type_names.columns_json(self.control, cols)
                 claimed: tuple[ClaimedJob | None, bool] | None = None
                 if claim_next:
                     claim_next = False  # a retry only records
@@ -899,6 +900,13 @@ class Slot(threading.Thread):
                 _one_line(exc),
             )
             self._close(self.job_conn)
+
+
+@functools.lru_cache(maxsize=256)
+def _settings_items(gucs: str | None) -> tuple[tuple[str, str], ...]:
+    """The settings a job carries, from their JSON text (jobs of one launcher carry the same
+    text: parsed once)."""
+    return tuple(json.loads(gucs).items()) if gucs else ()
 
 
 def _join(thread: threading.Thread, timeout: float) -> None:

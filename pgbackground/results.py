@@ -9,6 +9,7 @@ serialisation format (pickle) is ever read back.
 from __future__ import annotations
 
 import array
+import json
 import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -45,13 +46,28 @@ class TypeNames:
     def __init__(self) -> None:
         self._names: dict[tuple[int, int], str] = {}
         self._conn: Any = None
+        # The JSON of result_columns per column list (most jobs of a pool return a few shapes).
+        self._json: dict[tuple[tuple[str, int, int], ...], str] = {}
+
+    def columns_json(
+        self, conn: psycopg.Connection[Any], cols: Sequence[tuple[str, int, int]]
+    ) -> str:
+        """:meth:`columns` as the JSON text stored in result_columns."""
+        key = tuple(cols)
+        text = self._json.get(key) if conn is self._conn else None
+        if text is None:
+            text = json.dumps(self.columns(conn, cols))
+            if len(self._json) >= 256:
+                self._json.clear()
+            self._json[key] = text
+        return text
 
     def columns(
         self, conn: psycopg.Connection[Any], cols: Sequence[tuple[str, int, int]]
     ) -> list[list[Any]]:
         """``[name, type name, oid]`` for each (name, oid, typmod), as stored in result_columns."""
         if conn is not self._conn:
-            self._names, self._conn = {}, conn
+            self._names, self._json, self._conn = {}, {}, conn
         missing = list(dict.fromkeys((o, m) for _, o, m in cols if (o, m) not in self._names))
         if missing:
             rows = conn.execute(
