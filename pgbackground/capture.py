@@ -20,6 +20,7 @@ transaction (``SET LOCAL``, or ``SET`` rolled back) would otherwise outlive it h
 
 from __future__ import annotations
 
+import json
 import re
 import weakref
 from collections.abc import Callable
@@ -72,6 +73,7 @@ FINGERPRINT = "concat_ws(chr(1), {})".format(
 class Capture(NamedTuple):
     settings: dict[str, str]  # pg_settings source 'session', minus what is never carried
     fingerprint: str  # FINGERPRINT when they were read
+    settings_json: str  # ``settings`` as the JSON every launch passes (encoded once)
 
 
 # The capture, per psycopg connection (a reconnect starts without one).
@@ -113,7 +115,7 @@ def remember(wrapper: Any, settings: dict[str, str], fingerprint: str) -> None:
     if _watch not in wrapper.execute_wrappers:
         # First, i.e. outermost: Django's execute_wrapper() context manager pops the last one.
         wrapper.execute_wrappers.insert(0, _watch)
-    _captures[wrapper.connection] = Capture(dict(settings), fingerprint)
+    _captures[wrapper.connection] = Capture(dict(settings), fingerprint, json.dumps(settings))
 
 
 def forget(wrapper: Any) -> None:

@@ -241,13 +241,13 @@ def check_gucs_with_server(conn: psycopg.Connection[Any], role: str, gucs: dict[
 def capture_mode(wrapper: Any, params: dict[str, Any]) -> str:
     """How a launch on ``wrapper`` reads the caller's settings ("scan", "known" or "role"; see
     _CAPTURE_SELECT), with the parameters that needs added to ``params``."""
-    params["carried"], params["fingerprint"] = Jsonb({}), None
+    params["carried"], params["fingerprint"] = "{}", None
     if not app_settings.CARRY_SESSION_SETTINGS:
         return "role"
     known = cached_capture(wrapper)
     if known is None:
         return "scan"
-    params["carried"], params["fingerprint"] = Jsonb(known.settings), known.fingerprint
+    params["carried"], params["fingerprint"] = known.settings_json, known.fingerprint
     return "known"
 
 
