@@ -114,6 +114,8 @@ class Outcome:
     tail_seq: int = 0
     # Record as canceled if cancel() was requested (else as this error).
     canceled_if_requested: bool = False
+    # Chunks were stored before the outcome (the outcome statement drops those not kept).
+    chunks_stored: bool = False
 
 
 class CancelReason:
@@ -371,6 +373,7 @@ class Executor:
                         _CHUNK_SQL,
                         [job.id, set_no, seq, chunk.nrows, chunk.data, chunk.nulls],
                     )
+                    out.chunks_stored = True
                 seq += 1
             pending, pending_rows, pending_bytes = [], 0, 0
 

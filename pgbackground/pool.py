@@ -70,7 +70,7 @@ _CLAIM_COLUMNS = """
         ORDER BY q.id LIMIT 1) IS NOT NULL"""
 _CLAIM_SQL = f"WITH c AS ({_CLAIM_UPDATE}) SELECT {_CLAIM_COLUMNS} FROM c"
 
-_RECORD_CTES = f"""
+_RECORD_UPDATE = f"""
 WITH j AS (
     UPDATE pgbackground_job SET
         state = CASE WHEN %(if_requested)s AND cancel_requested_at IS NOT NULL THEN 'canceled'
@@ -99,28 +99,45 @@ WITH j AS (
     WHERE id = %(id)s AND (state, worker_id) IS NOT DISTINCT FROM ('running', %(worker)s::bigint)
     RETURNING {EVENT_COLUMNS}, detached,
               extract(epoch FROM finished_at - started_at) AS run_seconds
-), d AS (
+)"""
+# Chunks the job stored before its outcome (a large result, or a set a later one replaced) that
+# are not to be kept: of another set, or of a job that is detached or was resolved elsewhere
+# (declared lost). Not when the row already holds this very outcome: a retry after the first
+# attempt committed but its reply was lost must not drop the result it stored.
+_RECORD_DROP_CHUNKS = """, d AS (
     DELETE FROM pgbackground_jobresultchunk c
     WHERE c.job_id = %(id)s
-      AND (c.result_set <> %(keep_set)s OR NOT EXISTS (SELECT 1 FROM j)
-           OR (SELECT detached FROM j))
-), tail AS (
+      AND (c.result_set <> %(keep_set)s OR (SELECT detached FROM j)
+           OR (NOT EXISTS (SELECT 1 FROM j)
+               AND NOT EXISTS (SELECT 1 FROM pgbackground_job o WHERE o.id = %(id)s
+                               AND o.state = 'stopped' AND o.worker_id = %(worker)s)))
+)"""
+_RECORD_TAIL = """, tail AS (
     INSERT INTO pgbackground_jobresultchunk (job_id, result_set, seq, nrows, data, nulls)
     SELECT %(id)s, %(keep_set)s, %(tail_seq)s, %(tail_nrows)s, %(tail_data)s, %(tail_nulls)s
     FROM j WHERE %(tail_nrows)s::int IS NOT NULL AND NOT j.detached
-)
-"""
+)"""
 _RECORD_OUTPUT = f"SELECT j.id, j.state, j.run_seconds, {PUBLISH_EXPRS.strip()} FROM j"
-_RECORD_SQL = f"{_RECORD_CTES}\n{_RECORD_OUTPUT}"
-# Under a deep queue: record the outcome and claim the next job in one statement (one round
-# trip, one commit). Columns: _RECORD_OUTPUT's six, then _CLAIM_SQL's (NULLs when nothing
-# matched).
-_RECORD_AND_CLAIM_SQL = f"""{_RECORD_CTES}, c AS ({_CLAIM_UPDATE})
+
+
+def _record_sql(*, drop_chunks: bool, claim: bool) -> str:
+    """The outcome statement. ``drop_chunks``: the job stored chunks before its outcome (else
+    there is nothing to drop, and the statement is smaller to start up). ``claim``: under a deep
+    queue, also claim the next job (one round trip, one commit); columns: _RECORD_OUTPUT's six,
+    then _CLAIM_SQL's (NULLs when nothing matched)."""
+    ctes = _RECORD_UPDATE + (_RECORD_DROP_CHUNKS if drop_chunks else "") + _RECORD_TAIL
+    if not claim:
+        return f"{ctes}\n{_RECORD_OUTPUT}"
+    return f"""{ctes}, c AS ({_CLAIM_UPDATE})
 SELECT r.*, n.*
 FROM (SELECT 1) AS one
 LEFT JOIN ({_RECORD_OUTPUT}) AS r ON true
 LEFT JOIN (SELECT {_CLAIM_COLUMNS} FROM c) AS n ON true
 """
+
+
+_RECORD_SQL = _record_sql(drop_chunks=True, claim=False)
+_RECORD_AND_CLAIM_SQL = _record_sql(drop_chunks=True, claim=True)
 
 # The three statements of every job, prepared on each control connection (prepared.py).
 _CLAIM_TYPES = {"worker": "bigint", "pid": "integer"}
@@ -153,10 +170,16 @@ _RECORD_TYPES = {
     "tail_nulls": "bytea",
 }
 _CLAIM = NamedStatement("pgbackground_claim", _CLAIM_SQL, _CLAIM_TYPES)
-_RECORD = NamedStatement("pgbackground_record", _RECORD_SQL, _RECORD_TYPES)
-_RECORD_AND_CLAIM = NamedStatement(
-    "pgbackground_record_claim", _RECORD_AND_CLAIM_SQL, {**_RECORD_TYPES, **_CLAIM_TYPES}
-)
+# By (drop_chunks, claim).
+_RECORDS = {
+    (drop, claim): NamedStatement(
+        "pgbackground_record_claim" if claim else "pgbackground_record",
+        _record_sql(drop_chunks=drop, claim=claim),
+        {**_RECORD_TYPES, **_CLAIM_TYPES} if claim else _RECORD_TYPES,
+    )
+    for drop in (True, False)
+    for claim in (True, False)
+}
 
 _REBIND_SQL = (
     "UPDATE pgbackground_job SET backend_pid = %s"
@@ -743,12 +766,14 @@ class Slot(threading.Thread):
             outcome, reporter = self.executor.run(job)
         except psycopg.OperationalError as exc:
             # The control connection failed (the job connection's failures are outcomes).
-            outcome, reporter = Outcome(state="error", connection_lost=True), _Reporter(0)
+            outcome = Outcome(state="error", connection_lost=True, chunks_stored=True)
+            reporter = _Reporter(0)
             outcome.failure = _lost_failure(exc)
         except Exception as exc:
             # A bug of ours must not leave the job 'running' under a live worker: record it.
             logger.exception("job %s: internal error in the worker", job.id)
-            outcome, reporter = Outcome(state="error", connection_lost=True), _Reporter(0)
+            outcome = Outcome(state="error", connection_lost=True, chunks_stored=True)
+            reporter = _Reporter(0)
             outcome.failure = JobFailure(
                 "XX000", f"internal error in the pgbackground worker: {_one_line(exc)}"
             )
@@ -799,34 +824,8 @@ class Slot(threading.Thread):
         them); None if not claimed."""
         f = outcome.failure
         cols = outcome.columns if outcome.result_set >= 0 and outcome.columns else []
-        params: dict[str, Any] = {
-            "id": job.id,
-            "worker": self.pool.worker_id,
-            "state": outcome.state,
-            "tag": outcome.command_tag[:64],
-            "row_count": outcome.row_count,
-            "keep_set": outcome.result_set,
-            "columns": None,
-            "result_rows": outcome.result_rows,
-            "result_bytes": outcome.result_bytes,
-            "sqlstate": f.sqlstate if f else "",
-            "message": f.message if f else "",
-            "detail": f.detail if f else "",
-            "hint": f.hint if f else "",
-            "context": f.context if f else "",
-            "position": f.position if f else None,
-            "pct": reporter.pct,
-            "pmessage": reporter.message,
-            "notices": json.dumps(reporter.notices) if reporter.notices else "[]",
-            "dropped": reporter.dropped,
-            "redact": bool(app_settings.REDACT_SQL),
-            "if_requested": outcome.canceled_if_requested,
-            "canceled_message": CANCELED_BY_USER,
-            "tail_seq": outcome.tail_seq,
-            "tail_nrows": outcome.tail.nrows if outcome.tail else None,
-            "tail_data": outcome.tail.data if outcome.tail else None,
-            "tail_nulls": outcome.tail.nulls if outcome.tail else None,
-        }
+        params = outcome_params(job.id, self.pool.worker_id, outcome, reporter)
+        drop_chunks = outcome.chunks_stored
         backoff = Backoff()
         while True:
             try:
@@ -842,9 +841,9 @@ class Slot(threading.Thread):
                 claimed: tuple[ClaimedJob | None, bool] | None = None
                 if claim_next:
                     claim_next = False  # a retry only records
-                    row, claimed = self._record_and_claim(params)
+                    row, claimed = self._record_and_claim(params, drop_chunks=drop_chunks)
                 else:
-                    rows = _RECORD.run(self.control, params)
+                    rows = _RECORDS[drop_chunks, False].run(self.control, params)
                     row = rows[0] if rows else None
                 if row is None:
                     logger.warning(
@@ -874,14 +873,14 @@ class Slot(threading.Thread):
                 self.pool.stopped.wait(delay)
 
     def _record_and_claim(
-        self, params: dict[str, Any]
+        self, params: dict[str, Any], *, drop_chunks: bool
     ) -> tuple[tuple[Any, ...] | None, tuple[ClaimedJob | None, bool]]:
         """The outcome and the next claim in one statement: the outcome's row, and the claimed
         job with whether more were queued behind it."""
         assert self.control is not None and self.job_conn is not None
         pid = self.job_conn.info.backend_pid
         with self.claim_lock:
-            (both,) = _RECORD_AND_CLAIM.run(self.control, {**params, "pid": pid})
+            (both,) = _RECORDS[drop_chunks, True].run(self.control, {**params, "pid": pid})
             row = both[:6] if both[0] is not None else None
             claimed = both[6:] if both[6] is not None else None
             self.held_job = None if claimed is None else int(claimed[0])
@@ -900,6 +899,42 @@ class Slot(threading.Thread):
                 _one_line(exc),
             )
             self._close(self.job_conn)
+
+
+def outcome_params(
+    job_id: int, worker_id: int | None, outcome: Outcome, reporter: _Reporter
+) -> dict[str, Any]:
+    """The parameters of the outcome statement (``columns``: None, the slot fills it in with
+    the column type names of its control connection)."""
+    f = outcome.failure
+    return {
+        "id": job_id,
+        "worker": worker_id,
+        "state": outcome.state,
+        "tag": outcome.command_tag[:64],
+        "row_count": outcome.row_count,
+        "keep_set": outcome.result_set,
+        "columns": None,
+        "result_rows": outcome.result_rows,
+        "result_bytes": outcome.result_bytes,
+        "sqlstate": f.sqlstate if f else "",
+        "message": f.message if f else "",
+        "detail": f.detail if f else "",
+        "hint": f.hint if f else "",
+        "context": f.context if f else "",
+        "position": f.position if f else None,
+        "pct": reporter.pct,
+        "pmessage": reporter.message,
+        "notices": json.dumps(reporter.notices) if reporter.notices else "[]",
+        "dropped": reporter.dropped,
+        "redact": bool(app_settings.REDACT_SQL),
+        "if_requested": outcome.canceled_if_requested,
+        "canceled_message": CANCELED_BY_USER,
+        "tail_seq": outcome.tail_seq,
+        "tail_nrows": outcome.tail.nrows if outcome.tail else None,
+        "tail_data": outcome.tail.data if outcome.tail else None,
+        "tail_nulls": outcome.tail.nulls if outcome.tail else None,
+    }
 
 
 @functools.lru_cache(maxsize=256)

@@ -257,6 +257,9 @@ class Result:
         from .db import launcher_connection
 
         if self._chunks is not None:
+            left = sum(nrows for nrows, _, _ in self._chunks)
+            if self.columns and left != self._stored_rows:
+                _raise_purged(left, self._stored_rows)
             if self.columns and self._chunks:
                 tx = make_transformer(launcher_connection(), self.columns)
                 for nrows, data, nulls in self._chunks:
@@ -272,12 +275,16 @@ class Result:
             yield batch
         _drop_chunks(self.job_id)
         if seen != self._stored_rows:
-            from .exceptions import ResultConsumed
+            _raise_purged(seen, self._stored_rows)
 
-            raise ResultConsumed(
-                f"only {seen} of the result's {self._stored_rows} rows were left to read:"
-                " the rest was purged (RESULT_RETENTION) while it was being read"
-            )
+
+def _raise_purged(left: int, stored: int) -> None:
+    from .exceptions import ResultConsumed
+
+    raise ResultConsumed(
+        f"only {left} of the result's {stored} rows were left to read: the rest was purged"
+        " (RESULT_RETENTION) or deleted before or while it was read"
+    )
 
 
 def _drop_chunks(job_id: int) -> None:

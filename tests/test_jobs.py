@@ -574,3 +574,12 @@ def test_a_failed_job_reports_no_command_tag(pool):
     h = run("SELECT 1; SELECT 1/0")
     info = h.result_info()
     assert (info.command_tag, info.row_count, info.has_error) == ("", None, True)
+
+
+def test_a_small_result_whose_rows_were_deleted_is_an_error_not_an_empty_result(pool):
+    h = run("SELECT 1")
+    JobResultChunk.objects.filter(job_id=h.id).delete()  # what a purge does
+    result = h.result()
+    assert len(result) == 1
+    with pytest.raises(pgb.ResultConsumed, match="only 0 of the result's 1 rows"):
+        _ = result.rows

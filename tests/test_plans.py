@@ -63,6 +63,7 @@ def busy_table() -> None:
     ("name", "sql"),
     [
         ("record the outcome", pool._RECORD_SQL),
+        ("record, no chunk before", pool._record_sql(drop_chunks=False, claim=False)),
         ("cancel", handles._CANCEL_SQL),
         ("progress", executor._PROGRESS_SQL),
         ("consume the result", handles._CONSUME_SQL),
@@ -83,7 +84,11 @@ def test_the_claim_takes_the_oldest_queued_job_by_its_partial_index():
 
 @pytest.mark.parametrize(
     ("name", "sql"),
-    [("claim", pool._CLAIM_SQL), ("record and claim", pool._RECORD_AND_CLAIM_SQL)],
+    [
+        ("claim", pool._CLAIM_SQL),
+        ("record and claim", pool._RECORD_AND_CLAIM_SQL),
+        ("record and claim, no chunk before", pool._record_sql(drop_chunks=False, claim=True)),
+    ],
 )
 def test_the_claim_never_scans_the_whole_table_to_tell_whether_more_are_queued(name, sql):
     # Statistics taken during a burst (most jobs queued) make a sequential scan look cheap for

@@ -310,3 +310,33 @@ def test_the_queue_channel_is_not_listened_to_while_every_slot_is_busy(start_poo
     later = pgb.launch("SELECT 'later'")
     assert later.wait(30)
     assert later.result().rows == [("later",)]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("drop_chunks", [True, False])
+def test_a_retried_outcome_keeps_the_result_its_first_attempt_stored(drop_chunks):
+    """The control connection can die after the outcome committed and before its reply: the
+    slot records again, finds the job no longer running, and must not drop the result."""
+    from pgbackground import pool as pool_module
+    from pgbackground.executor import Outcome, _Reporter
+    from pgbackground.results import TypeNames, encode_values
+
+    h = pgb.launch("SELECT 42")
+    with raw_connection() as conn:
+        (worker,) = conn.execute(
+            "INSERT INTO pgbackground_worker (name, hostname, pid, concurrency)"
+            " VALUES ('test', 'test', 1, 1) RETURNING id"
+        ).fetchone()
+        (claimed,) = pool_module._CLAIM.run(conn, {"worker": worker, "pid": 0})
+        assert claimed[0] == h.id
+        outcome = Outcome(
+            command_tag="SELECT 1", row_count=1, columns=[("?column?", 23, -1)], result_set=0,
+            result_rows=1, result_bytes=3, tail=encode_values([b"42"], 1), tail_seq=0,
+            chunks_stored=drop_chunks,
+        )
+        params = pool_module.outcome_params(h.id, worker, outcome, _Reporter(0))
+        params["columns"] = TypeNames().columns_json(conn, outcome.columns or [])
+        record = pool_module._RECORDS[drop_chunks, False]
+        assert [r[:2] for r in record.run(conn, params)] == [(h.id, "stopped")]
+        assert record.run(conn, params) == []  # the retry: already recorded
+    assert h.result().rows == [(42,)]
