@@ -30,12 +30,14 @@ def dispatch_notifies(pgconn: pq.abc.PGconn) -> None:
 
 class NotificationReader:
     """The notifications of one connection, read without psycopg's generator. Once made, the
-    connection's notifications all go to it: do not call ``conn.notifies()`` as well."""
+    connection's notifications all go to it: do not call ``conn.notifies()`` as well.
+
+    It keeps no reference to the connection (each :meth:`read` is given it): a reader kept
+    beside a connection in a weak mapping must not keep the connection alive."""
 
     def __init__(self, conn: psycopg.Connection[Any], *, wakeup_fd: int | None = None) -> None:
         """``wakeup_fd``: a non-blocking file descriptor (a pipe's end) whose data ends a
         :meth:`read` early (the data is read and dropped)."""
-        self._conn = conn
         self._received: deque[psycopg.Notify] = deque()
         conn.add_notify_handler(self._received.append)
         self._selector = selectors.DefaultSelector()
@@ -44,12 +46,13 @@ class NotificationReader:
         if wakeup_fd is not None:
             self._selector.register(wakeup_fd, selectors.EVENT_READ, "wakeup")
 
-    def read(self, timeout: float) -> list[psycopg.Notify]:
-        """The notifications received so far or, if none, within ``timeout`` seconds (a batch:
-        what arrived together with the first one), or none if the wake-up descriptor became
-        readable first. OperationalError if the connection fails."""
+    def read(self, conn: psycopg.Connection[Any], timeout: float) -> list[psycopg.Notify]:
+        """The notifications of ``conn`` (the connection the reader was made for) received so
+        far or, if none, within ``timeout`` seconds (a batch: what arrived together with the
+        first one), or none if the wake-up descriptor became readable first. OperationalError
+        if the connection fails."""
         if not self._received:
-            conn, pgconn = self._conn, self._conn.pgconn
+            pgconn = conn.pgconn
             with conn.lock:
                 dispatch_notifies(pgconn)  # read by libpq along with an earlier result
             ready = (

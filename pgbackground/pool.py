@@ -446,7 +446,7 @@ class Pool:
                     next_beat = now + self.heartbeat_interval
                 wait = min(0.25, max(0.0, next_beat - time.monotonic()))
                 cancel_seen = queue_seen = False
-                for notify in reader.read(wait):
+                for notify in reader.read(conn, wait):
                     if notify.channel == QUEUE_CHANNEL:
                         queue_seen = True
                         self.wake_one()

@@ -217,15 +217,15 @@ def test_the_notification_reader_keeps_what_arrives_with_other_results():
     with raw_connection() as conn, raw_connection() as other:
         reader = NotificationReader(conn)
         conn.execute("LISTEN pgbackground_test_a")
-        assert reader.read(0) == []
+        assert reader.read(conn, 0) == []
         other.execute("NOTIFY pgbackground_test_a, 'during'")
         assert select.select([conn.fileno()], [], [], 10)[0]
         conn.execute("SELECT 1")  # reads the notification along with its result
-        assert [n.payload for n in reader.read(0)] == ["during"]
+        assert [n.payload for n in reader.read(conn, 0)] == ["during"]
         other.execute("NOTIFY pgbackground_test_a, 'waited'")
-        assert [n.payload for n in reader.read(10)] == ["waited"]
+        assert [n.payload for n in reader.read(conn, 10)] == ["waited"]
         other.execute("SELECT pg_terminate_backend(%s)", [conn.info.backend_pid])
         with pytest.raises(psycopg.OperationalError):
             for _ in range(3):  # libpq reads the FATAL message first, then the end of the stream
-                reader.read(10)
+                reader.read(conn, 10)
         reader.close()
