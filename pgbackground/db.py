@@ -13,7 +13,7 @@ import weakref
 from typing import Any
 
 import psycopg
-from django.db import connections, router
+from django.db import DEFAULT_DB_ALIAS, connections, router
 
 from .conf import app_settings
 
@@ -23,9 +23,11 @@ _NOT_LIBPQ = {"cursor_factory", "context", "prepare_threshold", "server_side_bin
 
 def models_alias() -> str:
     """The database alias that holds pgbackground's tables."""
+    if not router.routers:  # no DATABASE_ROUTERS: Django writes every model to the default
+        return DEFAULT_DB_ALIAS
     from .models import Job
 
-    return router.db_for_write(Job) or "default"
+    return router.db_for_write(Job) or DEFAULT_DB_ALIAS
 
 
 def jobs_alias() -> str:

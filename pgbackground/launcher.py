@@ -390,19 +390,26 @@ def _insert_inline(alias: str, params: dict[str, Any]) -> int | bool | None:
     return int(row[0])
 
 
-def _expect_reply(box: ReplyBox, job_id: int, cookie: int, on_commit_of: str | None) -> None:
-    """Tell the thread's reply box to expect the job's end (once the job exists for sure: a job
-    launched with on_commit is expected only if the caller's transaction commits)."""
+def _expect_reply(
+    box: ReplyBox,
+    conn: psycopg.Connection[Any],
+    job_id: int,
+    cookie: int,
+    on_commit_of: str | None,
+) -> None:
+    """Tell the box of ``conn`` (the thread's launcher connection) to expect the job's end, once
+    the job exists for sure: a job launched with on_commit is expected only if the caller's
+    transaction commits, and only if the thread still has that connection then."""
 
-    def expect() -> None:
-        conn = current_launcher_connection()
-        if conn is not None and box_of(conn) is box:
-            box.expect(conn, job_id, cookie)
+    def expect_on_commit() -> None:
+        current = current_launcher_connection()
+        if current is not None and box_of(current) is box:
+            box.expect(current, job_id, cookie)
 
     if on_commit_of is None:
-        expect()
+        box.expect(conn, job_id, cookie)
     else:
-        transaction.on_commit(expect, using=on_commit_of)
+        transaction.on_commit(expect_on_commit, using=on_commit_of)
 
 
 def launch(
@@ -432,7 +439,8 @@ def launch(
     alias = models_alias()
     cookie = new_cookie()
     # The thread's launcher connection, if it has one, hears of the job's end (replies.py).
-    reply_box = box_of(current_launcher_connection())
+    reply_conn = current_launcher_connection()
+    reply_box = box_of(reply_conn)
     params: dict[str, Any] = {
         "cookie": cookie,
         "sql": sql,
@@ -455,7 +463,8 @@ def launch(
             job_id = _insert_inline(alias, params)
     if job_id is False:
         if reply_box is None:
-            reply_box = box_of(launcher_connection())  # it is needed now anyway
+            reply_conn = launcher_connection()  # it is needed now anyway
+            reply_box = box_of(reply_conn)
             params["reply_pid"] = None if reply_box is None else reply_box.pid
         role, settings = capture_session(alias)
         if overrides:
@@ -472,8 +481,8 @@ def launch(
             " wait for one to finish or cancel one (SQLSTATE 53400)"
         )
     assert isinstance(job_id, int)
-    if reply_box is not None:
-        _expect_reply(reply_box, job_id, cookie, alias if on_commit else None)
+    if reply_box is not None and reply_conn is not None:
+        _expect_reply(reply_box, reply_conn, job_id, cookie, alias if on_commit else None)
     handle = Handle(job_id, cookie)
     job_launched.send(
         sender=Handle, handle=handle, label=label, owner_id=owner_pk, on_commit=on_commit
