@@ -52,7 +52,7 @@ def worker(tree: Path, server_url: str, db_name: str) -> None:
         from django.db import connections
 
         import pgbackground as pgb
-        from pgbackground.db import launcher_connection
+        from pgbackground.db import discard_launcher_connection, launcher_connection
 
         def round_trips(n: int) -> float:
             times = []
@@ -68,13 +68,17 @@ def worker(tree: Path, server_url: str, db_name: str) -> None:
             ends: list[float] = []
 
             def launch_and_wait() -> None:
-                launcher_connection()
-                connections["default"].ensure_connection()
-                ready.wait()
-                handles = [pgb.launch("SELECT 1") for _ in range(n // threads)]
-                for h in handles:
-                    h.wait()
-                ends.append(time.perf_counter())
+                try:
+                    launcher_connection()
+                    connections["default"].ensure_connection()
+                    ready.wait()
+                    handles = [pgb.launch("SELECT 1") for _ in range(n // threads)]
+                    for h in handles:
+                        h.wait()
+                    ends.append(time.perf_counter())
+                finally:  # this thread's connections, or the database cannot be dropped
+                    discard_launcher_connection()
+                    connections.close_all()
 
             running = [threading.Thread(target=launch_and_wait) for _ in range(threads)]
             for t in running:
@@ -152,6 +156,10 @@ def compare(
                     proc.stdin.write("quit\n")
                     proc.stdin.close()
                 proc.wait(120)
+        if any(proc.returncode for proc in procs.values()):
+            log.seek(0)
+            sys.stderr.write(log.read()[-4000:])
+            raise RuntimeError("a side failed while stopping (its log is above)")
     summary: dict[str, dict[str, Any]] = {}
     for metric, by_side in results.items():
         ratios = [t / o for o, t in zip(by_side["other"], by_side["this"], strict=True)]

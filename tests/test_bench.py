@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
 
 from tests.poolproc import database_url
@@ -87,3 +88,40 @@ def test_bench_database_is_dropped_afterwards(tmp_path: Path) -> None:
     pid = report["config"]["pool_pid"]
     assert not Path(f"/proc/{pid}").exists() or "runworkers" not in Path(
         f"/proc/{pid}/cmdline").read_text()
+
+
+@pytest.mark.pool
+def test_the_paired_ab_tool_compares_two_checkouts() -> None:
+    """``bench/ab.py REV`` (a git revision: a temporary worktree) runs both sides and reports
+    the three paired metrics; the worktree and both databases are gone after."""
+    server = urlunsplit(urlsplit(database_url())._replace(path="/postgres"))
+    db_name = "pgbackground_ab_" + os.environ.get("TEST_DATABASE_NAME", "test")[:40]
+
+    def worktrees() -> str:
+        return subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout
+
+    before = worktrees()
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ab.py"), "HEAD", "--rounds", "1", "--quick",
+         "--server-url", server, "--db-name", db_name],
+        cwd=ROOT, capture_output=True, text=True, timeout=240, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "this checkout vs HEAD, 1 paired rounds"
+    assert [line.split(" other ")[0].strip() for line in lines[1:]] == [
+        "launch()+result() SELECT 1, median ms",
+        "jobs/s, 200 x SELECT 1, 2 launching threads",
+        "jobs/s, 100 x SELECT 1, 1 launching thread",
+    ]
+    for line in lines[1:]:
+        ratio = float(line.split("this/other median ")[1].split()[0])
+        assert ratio > 0, line
+    assert worktrees() == before
+    with psycopg.connect(server, autocommit=True) as conn:
+        left = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname IN (%s, %s)",
+            [f"{db_name}_a", f"{db_name}_b"],
+        ).fetchall()
+    assert left == []
