@@ -136,9 +136,6 @@ LEFT JOIN (SELECT {_CLAIM_COLUMNS} FROM c) AS n ON true
 """
 
 
-_RECORD_SQL = _record_sql(drop_chunks=True, claim=False)
-_RECORD_AND_CLAIM_SQL = _record_sql(drop_chunks=True, claim=True)
-
 # The three statements of every job, prepared on each control connection (prepared.py).
 _CLAIM_TYPES = {"worker": "bigint", "pid": "integer"}
 _RECORD_TYPES = {
@@ -180,6 +177,8 @@ _RECORDS = {
     for drop in (True, False)
     for claim in (True, False)
 }
+_RECORD_SQL = _RECORDS[True, False].sql
+_RECORD_AND_CLAIM_SQL = _RECORDS[True, True].sql
 
 _REBIND_SQL = (
     "UPDATE pgbackground_job SET backend_pid = %s"

@@ -115,7 +115,6 @@ class NamedStatement:
             state = _states.setdefault(conn, _ConnectionState())
         if not state.unusable:
             args = [params[name] for name in self.order]
-            key = (self.name, binary)
             for _ in range(2):
                 if self.name not in state.prepared:
                     try:
@@ -123,26 +122,37 @@ class NamedStatement:
                     except errors.DuplicatePreparedStatement:
                         pass
                     state.prepared.add(self.name)
-                kept = state.transformers.get(key)
-                tx = kept or Transformer(conn)
                 try:
-                    rows = exec_prepared(
-                        conn, self._bname, args, binary=binary, tx=tx, same_columns=bool(kept)
-                    )
+                    return self._exec(conn, state, args, binary=binary)
                 except errors.InvalidSqlStatementName:
                     state.forget(self.name)
-                    continue
                 except errors.FeatureNotSupported:
                     # "cached plan must not change result type": a migration altered a column
                     # it returns. Prepared again for the table as it is now.
                     conn.execute(f"DEALLOCATE {self.name}")
                     state.forget(self.name)
-                    continue
-                if kept is None and rows:  # tx now has the loaders of the result columns
-                    state.transformers[key] = tx
-                return rows
             state.unusable = True  # prepared twice, gone twice: a pooler
         return conn.execute(self.sql, params, binary=binary).fetchall()
+
+    def _exec(
+        self,
+        conn: psycopg.Connection[Any],
+        state: _ConnectionState,
+        args: Sequence[Any],
+        *,
+        binary: bool = False,
+    ) -> list[tuple[Any, ...]]:
+        """:func:`exec_prepared` of this statement, through the transformer kept for it on
+        ``conn`` (kept once it has the loaders of the result columns)."""
+        key = (self.name, binary)
+        kept = state.transformers.get(key)
+        tx = kept or Transformer(conn)
+        rows = exec_prepared(
+            conn, self._bname, args, binary=binary, tx=tx, same_columns=kept is not None
+        )
+        if kept is None and rows:
+            state.transformers[key] = tx
+        return rows
 
     # --- on the caller's Django connection -----------------------------------------------------
 
@@ -160,12 +170,12 @@ class NamedStatement:
         ):
             try:
                 with wrapper.wrap_database_errors:
-                    rows = exec_prepared(raw, self._bname, [params[n] for n in self.order])
+                    rows = self._exec(raw, state, [params[n] for n in self.order])
                 return rows[0] if rows else None
             except DatabaseError as exc:
                 if _sqlstate(exc) != _UNDEFINED_STATEMENT:
                     raise
-                state.prepared.discard(self.name)  # prepared again below
+                state.forget(self.name)  # prepared again below
         with wrapper.cursor() as cursor:
             state = _states.get(wrapper.connection)
             if state is None:
@@ -181,7 +191,7 @@ class NamedStatement:
                     except DatabaseError as exc:
                         if _sqlstate(exc) != _UNDEFINED_STATEMENT:
                             raise
-                        state.prepared.discard(self.name)
+                        state.forget(self.name)
                 state.unusable = True  # prepared twice, gone twice: a pooler
             cursor.execute(self.sql, params)
             return cursor.fetchone()

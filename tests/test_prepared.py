@@ -138,10 +138,9 @@ def test_a_connection_that_never_keeps_statements_runs_the_plain_statement(monke
         assert row[0] == 7 and ECHO.run(conn, PARAMS)[0][0] == 7
 
 
-@pytest.mark.django_db(transaction=True)
-def test_the_launch_runs_over_libpq_unless_someone_watches_the_connection(monkeypatch):
-    """Query logging (DEBUG, CaptureQueriesContext) and foreign execute wrappers still see
-    every launch; without them the prepared launch skips Django's cursor."""
+@pytest.fixture
+def libpq_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The names of the statements run through prepared.exec_prepared from now on."""
     calls: list[bytes] = []
     real = prepared.exec_prepared
 
@@ -150,6 +149,14 @@ def test_the_launch_runs_over_libpq_unless_someone_watches_the_connection(monkey
         return real(conn, name, *args, **kwargs)
 
     monkeypatch.setattr(prepared, "exec_prepared", spy)
+    return calls
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_launch_runs_over_libpq_unless_someone_watches_the_connection(libpq_calls):
+    """Query logging (DEBUG, CaptureQueriesContext) and foreign execute wrappers still see
+    every launch; without them the prepared launch skips Django's cursor."""
+    calls = libpq_calls
     for n in range(3):  # the first two prepare (settings read, then known) through Django
         pgb.launch(f"SELECT {n}")
     assert calls and all(c.startswith(b"pgbackground_launch_") for c in calls)
@@ -174,29 +181,22 @@ def test_the_launch_runs_over_libpq_unless_someone_watches_the_connection(monkey
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_launch_error_is_djangos_with_the_sqlstate_as_cause(monkeypatch):
+def test_a_launch_error_is_djangos_with_the_sqlstate_as_cause(libpq_calls):
     from django.db import DatabaseError
-
-    calls: list[bytes] = []
-    real = prepared.exec_prepared
-
-    def spy(conn: Any, name: bytes, *args: Any, **kwargs: Any) -> Any:
-        calls.append(name)
-        return real(conn, name, *args, **kwargs)
 
     with connection.cursor() as cursor:
         cursor.execute("SET lock_timeout = 1")
     try:
         for n in range(3):  # prepared for the settings as they are now
             pgb.launch(f"SELECT {n}")
-        monkeypatch.setattr(prepared, "exec_prepared", spy)
+        before = len(libpq_calls)
         with raw_connection() as locker:
             locker.execute("BEGIN")
             locker.execute("LOCK TABLE pgbackground_job IN ACCESS EXCLUSIVE MODE")
             with pytest.raises(DatabaseError) as info:
                 pgb.launch("SELECT 2")
             locker.execute("ROLLBACK")
-        assert calls  # the error came through the libpq path
+        assert len(libpq_calls) > before  # the error came through the libpq path
         assert getattr(info.value.__cause__, "sqlstate", None) == "55P03"
         assert pgb.launch("SELECT 3").id > 0
     finally:
