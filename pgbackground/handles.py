@@ -113,22 +113,27 @@ def _raise_job_error(job_id: int, state: str, fields: tuple[Any, ...]) -> None:
 
 _ERROR_COLUMNS = "error_sqlstate, error_message, error_detail, error_hint, error_context"
 
-# Consume the result; a small one (<= %(inline)s bytes) comes back in the same statement, its
-# chunks deleted as they are returned. One row per chunk (or one row with NULL chunk columns).
+# Consume the result. A result kept in the job's row (models.Job.result_data) comes back with
+# it and is cleared; a small one of chunk rows (<= %(inline)s bytes) comes back in the same
+# statement, its chunks deleted as they are returned. One row per chunk (or one row with NULL
+# chunk columns).
 _CONSUME_SQL = """
 WITH c AS (
-    UPDATE pgbackground_job SET consumed = true, consumed_at = clock_timestamp()
-    WHERE id = %(id)s AND cookie = %(cookie)s AND state = 'stopped'
-      AND NOT consumed AND NOT detached AND NOT fire_and_forget
-    RETURNING id, command_tag, row_count, result_columns, coalesce(result_rows, 0) AS n,
-              result_bytes <= %(inline)s AS inline
+    UPDATE pgbackground_job j
+    SET consumed = true, consumed_at = clock_timestamp(), result_data = NULL, result_nulls = NULL
+    FROM pgbackground_job o  -- the row as it was: its result data
+    WHERE j.id = %(id)s AND o.id = j.id AND j.cookie = %(cookie)s AND j.state = 'stopped'
+      AND NOT j.consumed AND NOT j.detached AND NOT j.fire_and_forget
+    RETURNING j.id, j.command_tag, j.row_count, j.result_columns,
+              coalesce(j.result_rows, 0) AS n, j.result_bytes <= %(inline)s AS inline,
+              o.result_data, o.result_nulls
 ), d AS (
     DELETE FROM pgbackground_jobresultchunk
-    WHERE job_id = (SELECT id FROM c WHERE inline)
+    WHERE job_id = (SELECT id FROM c WHERE inline AND result_data IS NULL)
     RETURNING seq, nrows, data, nulls
 )
 SELECT c.command_tag, c.row_count, c.result_columns, c.n, c.inline,
-       d.seq, d.nrows, d.data, d.nulls
+       d.seq, d.nrows, d.data, d.nulls, c.result_data, c.result_nulls
 FROM c LEFT JOIN d ON true ORDER BY d.seq
 """
 
@@ -175,7 +180,7 @@ FROM j
 
 _DETACH_SQL = """
 WITH j AS (
-    UPDATE pgbackground_job SET detached = true
+    UPDATE pgbackground_job SET detached = true, result_data = NULL, result_nulls = NULL
     WHERE id = ANY(%(ids)s) AND (%(cookie)s::bigint IS NULL OR cookie = %(cookie)s)
       AND NOT detached
     RETURNING id, state
@@ -339,7 +344,14 @@ class Handle:
             rows = _CONSUME.run(conn, params, binary=True)
         if rows:
             tag, row_count, columns, stored, is_inline = rows[0][:5]
-            chunks = [(r[6], r[7], r[8]) for r in rows if r[5] is not None] if is_inline else None
+            in_row_data, in_row_nulls = rows[0][9:11]
+            chunks: list[tuple[int, bytes, bytes]] | None
+            if in_row_data is not None:
+                chunks = [(stored, in_row_data, in_row_nulls)]
+            elif is_inline:
+                chunks = [(r[6], r[7], r[8]) for r in rows if r[5] is not None]
+            else:
+                chunks = None
             return Result(
                 self.id, columns_from_json(columns), tag, row_count, stored, chunks=chunks
             )

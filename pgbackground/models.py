@@ -116,6 +116,11 @@ class Job(models.Model):
     result_columns = models.JSONField(_("result columns"), null=True, blank=True)
     result_rows = models.BigIntegerField(_("result rows stored"), null=True, blank=True)
     result_bytes = models.BigIntegerField(_("result bytes stored"), default=0, db_default=0)
+    # A result of one small chunk (RESULT_IN_ROW_BYTES at most) is kept in the job's own row,
+    # encoded as a JobResultChunk is: the outcome and the consume then write no chunk row.
+    # Larger results are JobResultChunk rows. Cleared when the result is consumed or dropped.
+    result_data = models.BinaryField(_("result data (in the row)"), null=True, editable=False)
+    result_nulls = models.BinaryField(_("result NULLs (in the row)"), null=True, editable=False)
     error_sqlstate = models.CharField(
         _("SQLSTATE"), max_length=5, blank=True, default="", db_default=""
     )

@@ -92,7 +92,7 @@ WITH j AS (
         progress_message = coalesce(%(pmessage)s, progress_message),
         progress_at = CASE WHEN %(pmessage)s::text IS NULL THEN progress_at
                            ELSE clock_timestamp() END,
-        notices = notices || %(notices)s::jsonb, notices_dropped = %(dropped)s,
+        notices = notices || %(notices)s::jsonb, notices_dropped = %(dropped)s,{{in_row}}
         event_seq = event_seq + 1
     -- One row by its primary key. (The row comparison keeps the planner off the partial index
     -- of running jobs, whose entries for this worker, dead ones included, it would walk.)
@@ -118,14 +118,24 @@ _RECORD_TAIL = """, tail AS (
     FROM j WHERE %(tail_nrows)s::int IS NOT NULL AND NOT j.detached
 )"""
 _RECORD_OUTPUT = f"SELECT j.id, j.state, j.run_seconds, {PUBLISH_EXPRS.strip()} FROM j"
+# A result of one small chunk goes into the job's row (models.Job.result_data), unless the job
+# is detached: no chunk row to insert now and to delete when the result is consumed.
+_RECORD_IN_ROW = """
+        result_data = CASE WHEN detached THEN NULL ELSE %(tail_data)s::bytea END,
+        result_nulls = CASE WHEN detached THEN NULL ELSE %(tail_nulls)s::bytea END,"""
+# The largest result kept in the job's row (data and NULL positions): the row stays well under
+# PostgreSQL's 2 kB TOAST threshold, and the job list never reads much more than it did.
+RESULT_IN_ROW_BYTES = 1024
 
 
-def _record_sql(*, drop_chunks: bool, claim: bool) -> str:
-    """The outcome statement. ``drop_chunks``: the job stored chunks before its outcome (else
-    there is nothing to drop, and the statement is smaller to start up). ``claim``: under a deep
-    queue, also claim the next job (one round trip, one commit); columns: _RECORD_OUTPUT's six,
-    then _CLAIM_SQL's (NULLs when nothing matched)."""
-    ctes = _RECORD_UPDATE + (_RECORD_DROP_CHUNKS if drop_chunks else "") + _RECORD_TAIL
+def _record_sql(*, in_row: bool, claim: bool) -> str:
+    """The outcome statement. ``in_row``: the result, if any, is one small chunk, stored in the
+    job's row (the job stored no chunk row before its outcome: nothing to drop); otherwise
+    chunk rows the job stored and does not keep are dropped and its last chunk is stored as one
+    more. ``claim``: under a deep queue, also claim the next job (one round trip, one commit);
+    columns: _RECORD_OUTPUT's six, then _CLAIM_SQL's (NULLs when nothing matched)."""
+    update = _RECORD_UPDATE.replace("{in_row}", _RECORD_IN_ROW if in_row else "")
+    ctes = update if in_row else update + _RECORD_DROP_CHUNKS + _RECORD_TAIL
     if not claim:
         return f"{ctes}\n{_RECORD_OUTPUT}"
     return f"""{ctes}, c AS ({_CLAIM_UPDATE})
@@ -134,6 +144,17 @@ FROM (SELECT 1) AS one
 LEFT JOIN ({_RECORD_OUTPUT}) AS r ON true
 LEFT JOIN (SELECT {_CLAIM_COLUMNS} FROM c) AS n ON true
 """
+
+
+def result_in_row(outcome: Outcome) -> bool:
+    """Is the outcome's result (if any) one chunk small enough for the job's row?"""
+    if outcome.chunks_stored:
+        return False
+    tail = outcome.tail
+    return tail is None or (
+        tail.nrows == outcome.result_rows
+        and len(tail.data) + len(tail.nulls) <= RESULT_IN_ROW_BYTES
+    )
 
 
 # The three statements of every job, prepared on each control connection (prepared.py).
@@ -167,18 +188,18 @@ _RECORD_TYPES = {
     "tail_nulls": "bytea",
 }
 _CLAIM = NamedStatement("pgbackground_claim", _CLAIM_SQL, _CLAIM_TYPES)
-# By (drop_chunks, claim).
+# By (in_row, claim).
 _RECORDS = {
-    (drop, claim): NamedStatement(
+    (in_row, claim): NamedStatement(
         "pgbackground_record_claim" if claim else "pgbackground_record",
-        _record_sql(drop_chunks=drop, claim=claim),
+        _record_sql(in_row=in_row, claim=claim),
         {**_RECORD_TYPES, **_CLAIM_TYPES} if claim else _RECORD_TYPES,
     )
-    for drop in (True, False)
+    for in_row in (True, False)
     for claim in (True, False)
 }
-_RECORD_SQL = _RECORDS[True, False].sql
-_RECORD_AND_CLAIM_SQL = _RECORDS[True, True].sql
+_RECORD_SQL = _RECORDS[False, False].sql
+_RECORD_AND_CLAIM_SQL = _RECORDS[False, True].sql
 
 _REBIND_SQL = (
     "UPDATE pgbackground_job SET backend_pid = %s"
@@ -824,7 +845,7 @@ class Slot(threading.Thread):
         f = outcome.failure
         cols = outcome.columns if outcome.result_set >= 0 and outcome.columns else []
         params = outcome_params(job.id, self.pool.worker_id, outcome, reporter)
-        drop_chunks = outcome.chunks_stored
+        in_row = result_in_row(outcome)
         backoff = Backoff()
         while True:
             try:
@@ -840,9 +861,9 @@ class Slot(threading.Thread):
                 claimed: tuple[ClaimedJob | None, bool] | None = None
                 if claim_next:
                     claim_next = False  # a retry only records
-                    row, claimed = self._record_and_claim(params, drop_chunks=drop_chunks)
+                    row, claimed = self._record_and_claim(params, in_row=in_row)
                 else:
-                    rows = _RECORDS[drop_chunks, False].run(self.control, params)
+                    rows = _RECORDS[in_row, False].run(self.control, params)
                     row = rows[0] if rows else None
                 if row is None:
                     logger.warning(
@@ -872,14 +893,14 @@ class Slot(threading.Thread):
                 self.pool.stopped.wait(delay)
 
     def _record_and_claim(
-        self, params: dict[str, Any], *, drop_chunks: bool
+        self, params: dict[str, Any], *, in_row: bool
     ) -> tuple[tuple[Any, ...] | None, tuple[ClaimedJob | None, bool]]:
         """The outcome and the next claim in one statement: the outcome's row, and the claimed
         job with whether more were queued behind it."""
         assert self.control is not None and self.job_conn is not None
         pid = self.job_conn.info.backend_pid
         with self.claim_lock:
-            (both,) = _RECORDS[drop_chunks, True].run(self.control, {**params, "pid": pid})
+            (both,) = _RECORDS[in_row, True].run(self.control, {**params, "pid": pid})
             row = both[:6] if both[0] is not None else None
             claimed = both[6:] if both[6] is not None else None
             self.held_job = None if claimed is None else int(claimed[0])

@@ -81,10 +81,10 @@ class PurgeReport:
     job_cutoff: datetime | None
     result_cutoff: datetime | None
     jobs_by_state: dict[str, int] = field(default_factory=dict)
-    # Result chunks deleted with the purged jobs.
+    # Result chunks deleted with the purged jobs (a result kept in a job's row counts as one).
     job_chunks: int = 0
     job_chunk_bytes: int = 0
-    # Jobs (kept) whose stored result was dropped, and the chunks that went.
+    # Jobs (kept) whose stored result was dropped, and the chunks that went (likewise).
     results_dropped: int = 0
     result_chunks: int = 0
     result_chunk_bytes: int = 0
@@ -110,7 +110,8 @@ WITH victims AS ({victims}), chunks AS (
 ), gone AS (
     DELETE FROM pgbackground_job j USING victims v
     WHERE j.id = v.id AND j.state IN {_FINISHED}
-    RETURNING j.owner_id, j.state, j.started_at, j.finished_at
+    RETURNING j.owner_id, j.state, j.started_at, j.finished_at,
+              octet_length(j.result_data) + octet_length(j.result_nulls) AS in_row_size
 ), per_owner AS (
     SELECT owner_id,
            count(*) AS launched,
@@ -138,8 +139,9 @@ SELECT (SELECT count(*) FROM victims),
        (SELECT coalesce(sum(completed), 0) FROM per_owner),
        (SELECT coalesce(sum(failed), 0) FROM per_owner),
        (SELECT coalesce(sum(canceled), 0) FROM per_owner),
-       (SELECT count(*) FROM chunks),
-       (SELECT coalesce(sum(size), 0) FROM chunks),
+       (SELECT count(*) FROM chunks) + (SELECT count(in_row_size) FROM gone),
+       (SELECT coalesce(sum(size), 0) FROM chunks)
+           + (SELECT coalesce(sum(in_row_size), 0) FROM gone),
        (SELECT count(*) FROM archived)
 """
 
@@ -168,10 +170,17 @@ WHERE state IN {_FINISHED} AND finished_at < %(cutoff)s
 GROUP BY state
 """
 
+# Chunk rows, and results kept in job rows (one chunk each).
 _COUNT_JOB_CHUNKS_SQL = f"""
-SELECT count(*), coalesce(sum(octet_length(c.data) + octet_length(c.nulls)), 0)
-FROM pgbackground_jobresultchunk c JOIN pgbackground_job j ON j.id = c.job_id
-WHERE j.state IN {_FINISHED} AND j.finished_at < %(cutoff)s
+SELECT count(*), coalesce(sum(size), 0) FROM (
+    SELECT octet_length(c.data) + octet_length(c.nulls) AS size
+    FROM pgbackground_jobresultchunk c JOIN pgbackground_job j ON j.id = c.job_id
+    WHERE j.state IN {_FINISHED} AND j.finished_at < %(cutoff)s
+    UNION ALL
+    SELECT octet_length(j.result_data) + octet_length(j.result_nulls)
+    FROM pgbackground_job j
+    WHERE j.state IN {_FINISHED} AND j.finished_at < %(cutoff)s AND j.result_data IS NOT NULL
+) AS stored
 """
 
 
@@ -208,7 +217,8 @@ def purge_jobs(
 # was dropped (JobDetached) instead of returning no rows.
 _RESULT_TARGETS = f"""
     SELECT j.id, (j.state = 'stopped' AND NOT j.consumed AND NOT j.detached
-                  AND NOT j.fire_and_forget) AS unread
+                  AND NOT j.fire_and_forget) AS unread,
+           octet_length(j.result_data) + octet_length(j.result_nulls) AS in_row_size
     FROM pgbackground_job j
     WHERE j.state IN {_FINISHED} AND j.id > %(after)s
       AND ((%(cutoff)s::timestamptz IS NOT NULL AND j.finished_at < %(cutoff)s)
@@ -216,7 +226,8 @@ _RESULT_TARGETS = f"""
            OR (j.consumed AND coalesce(j.consumed_at, j.finished_at) < %(consumed_cutoff)s))
       -- jobs the job purge deletes anyway (it drops their chunks with them)
       AND NOT (%(job_cutoff)s::timestamptz IS NOT NULL AND j.finished_at < %(job_cutoff)s)
-      AND EXISTS (SELECT 1 FROM pgbackground_jobresultchunk c WHERE c.job_id = j.id)
+      AND (j.result_data IS NOT NULL
+           OR EXISTS (SELECT 1 FROM pgbackground_jobresultchunk c WHERE c.job_id = j.id))
 """
 
 _PURGE_RESULTS_SQL = f"""
@@ -229,20 +240,26 @@ WITH targets AS (
     DELETE FROM pgbackground_jobresultchunk c USING targets t WHERE c.job_id = t.id
     RETURNING octet_length(c.data) + octet_length(c.nulls) AS size
 ), marked AS (
-    UPDATE pgbackground_job j SET result_bytes = 0, detached = j.detached OR t.unread
+    UPDATE pgbackground_job j SET result_bytes = 0, detached = j.detached OR t.unread,
+        result_data = NULL, result_nulls = NULL
     FROM targets t WHERE j.id = t.id
-    RETURNING j.id
+    RETURNING j.id, t.in_row_size
 )
 SELECT (SELECT count(*) FROM targets), (SELECT max(id) FROM targets),
-       (SELECT count(*) FROM chunks), (SELECT coalesce(sum(size), 0) FROM chunks),
+       (SELECT count(*) FROM chunks) + (SELECT count(in_row_size) FROM marked),
+       (SELECT coalesce(sum(size), 0) FROM chunks)
+           + (SELECT coalesce(sum(in_row_size), 0) FROM marked),
        (SELECT count(*) FROM marked)
 """
 
 _COUNT_RESULTS_SQL = f"""
-WITH targets AS ({_RESULT_TARGETS})
-SELECT (SELECT count(*) FROM targets), count(c.id),
-       coalesce(sum(octet_length(c.data) + octet_length(c.nulls)), 0)
-FROM targets t JOIN pgbackground_jobresultchunk c ON c.job_id = t.id
+WITH targets AS ({_RESULT_TARGETS}), stored AS (
+    SELECT octet_length(c.data) + octet_length(c.nulls) AS size
+    FROM targets t JOIN pgbackground_jobresultchunk c ON c.job_id = t.id
+    UNION ALL
+    SELECT in_row_size FROM targets WHERE in_row_size IS NOT NULL
+)
+SELECT (SELECT count(*) FROM targets), count(*), coalesce(sum(size), 0) FROM stored
 """
 
 

@@ -141,16 +141,23 @@ def make_transformer(conn: psycopg.Connection[Any], columns: Sequence[Column]) -
     return tx
 
 
-FETCH_CHUNKS_SQL = (
-    "SELECT seq, nrows, data, nulls FROM pgbackground_jobresultchunk"
-    " WHERE job_id = %s AND seq > %s ORDER BY seq LIMIT %s"
-)
+# A job's stored chunks in order, from %(after)s on: its chunk rows, or the one chunk kept in
+# its row (models.Job.result_data; seq 0, and the job then has no chunk rows).
+_CHUNKS_SQL = """
+SELECT seq, nrows, data, nulls FROM (
+    SELECT seq, nrows, data, nulls FROM pgbackground_jobresultchunk
+    WHERE job_id = %(job)s AND seq > %(after)s
+    UNION ALL
+    SELECT 0, result_rows::int, result_data, result_nulls FROM pgbackground_job
+    WHERE id = %(job)s AND result_data IS NOT NULL AND %(after)s < 0
+) AS stored ORDER BY seq"""
+FETCH_CHUNKS_SQL = _CHUNKS_SQL + " LIMIT %(limit)s"
+STREAM_CHUNKS_SQL = _CHUNKS_SQL
 
 
-STREAM_CHUNKS_SQL = (
-    "SELECT seq, nrows, data, nulls FROM pgbackground_jobresultchunk"
-    " WHERE job_id = %s ORDER BY seq"
-)
+def chunk_params(job_id: int, after: int = -1, limit: int | None = None) -> dict[str, int | None]:
+    """The parameters of FETCH_CHUNKS_SQL (with ``limit``) and STREAM_CHUNKS_SQL."""
+    return {"job": job_id, "after": after, "limit": limit}
 
 
 def iter_rows(
@@ -172,11 +179,13 @@ def iter_rows(
     ncols = len(columns)
     if one_query:
         with conn.cursor(binary=True) as cur:
-            for _seq, nrows, data, nulls in cur.stream(STREAM_CHUNKS_SQL, [job_id]):
+            for _seq, nrows, data, nulls in cur.stream(STREAM_CHUNKS_SQL, chunk_params(job_id)):
                 yield decode_chunk(tx, ncols, nrows, data, nulls)
         return
     while True:
-        rows = conn.execute(FETCH_CHUNKS_SQL, [job_id, last, batch], binary=True).fetchall()
+        rows = conn.execute(
+            FETCH_CHUNKS_SQL, chunk_params(job_id, last, batch), binary=True
+        ).fetchall()
         if not rows:
             return
         for seq, nrows, data, nulls in rows:

@@ -479,7 +479,17 @@ def test_detach_keeps_the_job_running_and_drops_its_result(pool, table):
     with pytest.raises(pgb.JobDetached):
         h.result()
     assert not JobResultChunk.objects.filter(job_id=h.id).exists()
+    assert Job.objects.get(pk=h.id).result_data is None  # detached before the outcome
     h.detach()  # detaching twice is harmless
+
+
+def test_detaching_a_finished_job_clears_the_result_kept_in_its_row(pool):
+    h = run("SELECT 1")
+    assert Job.objects.get(pk=h.id).result_data is not None
+    h.detach()
+    assert Job.objects.get(pk=h.id).result_data is None
+    with pytest.raises(pgb.JobDetached):
+        h.result()
 
 
 def test_submit_is_fire_and_forget(pool):
@@ -576,10 +586,54 @@ def test_a_failed_job_reports_no_command_tag(pool):
     assert (info.command_tag, info.row_count, info.has_error) == ("", None, True)
 
 
-def test_a_small_result_whose_rows_were_deleted_is_an_error_not_an_empty_result(pool):
-    h = run("SELECT 1")
-    JobResultChunk.objects.filter(job_id=h.id).delete()  # what a purge does
+@pytest.mark.parametrize("sql", ["SELECT 1", "SELECT repeat('x', 3000)"])
+def test_a_small_result_whose_rows_were_deleted_is_an_error_not_an_empty_result(pool, sql):
+    h = run(sql)
+    # What a purge does: its chunk rows, or the result kept in the job's row, go.
+    JobResultChunk.objects.filter(job_id=h.id).delete()
+    Job.objects.filter(pk=h.id).update(result_data=None, result_nulls=None)
     result = h.result()
     assert len(result) == 1
     with pytest.raises(pgb.ResultConsumed, match="only 0 of the result's 1 rows"):
         _ = result.rows
+
+
+def test_a_small_result_is_kept_in_the_job_row_and_cleared_when_consumed(pool):
+    """One small chunk goes into the job's own row: no chunk row is written, none deleted."""
+    h = run("SELECT 1 AS a, NULL::text AS b, 'x' AS c")
+    job = Job.objects.get(pk=h.id)
+    assert job.result_data is not None and job.result_nulls is not None
+    assert not JobResultChunk.objects.filter(job_id=h.id).exists()
+    assert h.result().rows == [(1, None, "x")]
+    job = Job.objects.get(pk=h.id)
+    assert (job.consumed, job.result_data, job.result_nulls) == (True, None, None)
+    with pytest.raises(pgb.ResultConsumed):
+        h.result()
+
+
+def test_a_result_over_the_row_limit_goes_to_chunk_rows(pool):
+    from pgbackground.pool import RESULT_IN_ROW_BYTES
+
+    at_limit = run(f"SELECT repeat('x', {RESULT_IN_ROW_BYTES})")
+    assert Job.objects.get(pk=at_limit.id).result_data is not None
+    h = run(f"SELECT repeat('x', {RESULT_IN_ROW_BYTES + 1})")
+    assert Job.objects.get(pk=h.id).result_data is None
+    assert JobResultChunk.objects.filter(job_id=h.id).count() == 1
+    assert h.result().rows == [("x" * (RESULT_IN_ROW_BYTES + 1),)]
+    assert not JobResultChunk.objects.filter(job_id=h.id).exists()
+
+
+def test_a_result_in_the_row_reads_like_chunk_rows_without_consuming(pool):
+    from pgbackground.admin import resultview
+    from pgbackground.db import launcher_connection
+    from pgbackground.results import columns_from_json, iter_rows
+
+    h = run("SELECT g, NULL::int AS n FROM generate_series(1, 3) g")
+    job = Job.objects.get(pk=h.id)
+    assert job.result_data is not None
+    cols = columns_from_json(job.result_columns)
+    assert resultview.preview(job) == [["1", None], ["2", None], ["3", None]]
+    assert list(resultview.csv_lines(h.id, cols)) == ["g,n\r\n", "1,\r\n2,\r\n3,\r\n"]
+    streamed = [r for b in iter_rows(launcher_connection(), h.id, cols, one_query=True) for r in b]
+    assert streamed == [(1, None), (2, None), (3, None)]
+    assert h.result().rows == [(1, None), (2, None), (3, None)]  # still there to consume

@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from pgbackground import executor, handles, pool
+from pgbackground import executor, handles, pool, results
 from pgbackground.prepared import to_positional
 from tests.helpers import raw_connection
 
@@ -63,10 +63,11 @@ def busy_table() -> None:
     ("name", "sql"),
     [
         ("record the outcome", pool._RECORD_SQL),
-        ("record, no chunk before", pool._record_sql(drop_chunks=False, claim=False)),
+        ("record, result in the row", pool._record_sql(in_row=True, claim=False)),
         ("cancel", handles._CANCEL_SQL),
         ("progress", executor._PROGRESS_SQL),
         ("consume the result", handles._CONSUME_SQL),
+        ("read the result's chunks", results.FETCH_CHUNKS_SQL),
         ("detach", handles._DETACH_SQL),
     ],
 )
@@ -87,7 +88,7 @@ def test_the_claim_takes_the_oldest_queued_job_by_its_partial_index():
     [
         ("claim", pool._CLAIM_SQL),
         ("record and claim", pool._RECORD_AND_CLAIM_SQL),
-        ("record and claim, no chunk before", pool._record_sql(drop_chunks=False, claim=True)),
+        ("record and claim, result in the row", pool._record_sql(in_row=True, claim=True)),
     ],
 )
 def test_the_claim_never_scans_the_whole_table_to_tell_whether_more_are_queued(name, sql):

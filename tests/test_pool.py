@@ -313,8 +313,8 @@ def test_the_queue_channel_is_not_listened_to_while_every_slot_is_busy(start_poo
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("drop_chunks", [True, False])
-def test_a_retried_outcome_keeps_the_result_its_first_attempt_stored(drop_chunks):
+@pytest.mark.parametrize("in_row", [True, False])
+def test_a_retried_outcome_keeps_the_result_its_first_attempt_stored(in_row):
     """The control connection can die after the outcome committed and before its reply: the
     slot records again, finds the job no longer running, and must not drop the result."""
     from pgbackground import pool as pool_module
@@ -332,11 +332,12 @@ def test_a_retried_outcome_keeps_the_result_its_first_attempt_stored(drop_chunks
         outcome = Outcome(
             command_tag="SELECT 1", row_count=1, columns=[("?column?", 23, -1)], result_set=0,
             result_rows=1, result_bytes=3, tail=encode_values([b"42"], 1), tail_seq=0,
-            chunks_stored=drop_chunks,
+            chunks_stored=not in_row,
         )
+        assert pool_module.result_in_row(outcome) is in_row
         params = pool_module.outcome_params(h.id, worker, outcome, _Reporter(0))
         params["columns"] = TypeNames().columns_json(conn, outcome.columns or [])
-        record = pool_module._RECORDS[drop_chunks, False]
+        record = pool_module._RECORDS[in_row, False]
         assert [r[:2] for r in record.run(conn, params)] == [(h.id, "stopped")]
         assert record.run(conn, params) == []  # the retry: already recorded
     assert h.result().rows == [(42,)]

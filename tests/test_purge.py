@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
@@ -205,6 +206,33 @@ def test_result_retention_drops_chunks_and_keeps_the_job() -> None:
     assert expired.detached
     with pytest.raises(pgb.JobDetached):
         pgb.Handle(expired.pk, expired.cookie).result()
+
+
+def test_results_kept_in_job_rows_are_purged_and_counted_like_chunks() -> None:
+    """A small result lives in its job's row (result_data): the job purge counts it as one
+    chunk, the result purge clears it (and marks the unread job detached), and a dry run
+    predicts both."""
+    in_row = {"result_data": b"x" * 7, "result_nulls": b"\x00" * 4, "result_rows": 1,
+              "result_bytes": 11, "result_columns": [["x", "text", 25]]}
+    purged_job = make_job("stopped", **in_row)
+    expired = make_job("stopped", finished_ago=timedelta(days=8), **in_row)
+    fresh = make_job("stopped", finished_ago=timedelta(days=1), **in_row)
+    kwargs: dict[str, Any] = {"results_older_than": timedelta(days=7)}
+
+    dry = purge(timedelta(days=30), dry_run=True, **kwargs)
+    real = purge(timedelta(days=30), **kwargs)
+
+    assert (dry.job_chunks, dry.job_chunk_bytes) == (real.job_chunks, real.job_chunk_bytes) == (
+        1, 11)
+    assert (dry.results_dropped, dry.result_chunks, dry.result_chunk_bytes) == (
+        real.results_dropped, real.result_chunks, real.result_chunk_bytes) == (1, 1, 11)
+    assert not Job.objects.filter(pk=purged_job.pk).exists()
+    expired.refresh_from_db()
+    assert (expired.result_data, expired.result_nulls, expired.detached) == (None, None, True)
+    with pytest.raises(pgb.JobDetached):
+        pgb.Handle(expired.pk, expired.cookie).result()
+    fresh.refresh_from_db()
+    assert bytes(fresh.result_data) == b"x" * 7
 
 
 def test_result_retention_none_keeps_unread_results() -> None:

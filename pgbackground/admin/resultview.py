@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..db import connect, launcher_connection, models_alias
-from ..results import FETCH_CHUNKS_SQL, Column, columns_from_json, split_fields
+from ..results import FETCH_CHUNKS_SQL, Column, chunk_params, columns_from_json, split_fields
 
 PREVIEW_ROWS = 100
 PREVIEW_CELL_CHARS = 500
@@ -54,7 +54,9 @@ def preview(job: Any, limit: int = PREVIEW_ROWS) -> list[list[str | None]]:
     conn = launcher_connection()
     last = -1
     while len(rows) < limit:
-        chunks = conn.execute(FETCH_CHUNKS_SQL, [job.pk, last, 1], binary=True).fetchall()
+        chunks = conn.execute(
+            FETCH_CHUNKS_SQL, chunk_params(job.pk, last, 1), binary=True
+        ).fetchall()
         if not chunks:
             break
         seq, nrows, data, nulls = chunks[0]
@@ -90,7 +92,7 @@ def csv_lines(job_id: int, cols: list[Column]) -> Iterator[str]:
         last = -1
         while True:
             chunks = conn.execute(
-                FETCH_CHUNKS_SQL, [job_id, last, CSV_BATCH_CHUNKS], binary=True
+                FETCH_CHUNKS_SQL, chunk_params(job_id, last, CSV_BATCH_CHUNKS), binary=True
             ).fetchall()
             for seq, nrows, data, nulls in chunks:
                 last = seq
