@@ -51,10 +51,13 @@ logger = logging.getLogger("pgbackground.pool")
 job_logger = logging.getLogger("pgbackground.jobs")
 
 # (No 'running' event here: the executor publishes it once the job has run for a while.)
+# The oldest queued job after %(after)s: the slot's last claim, or 0 (the head of the queue).
+# Every claimed job leaves a dead entry at the head of the queued-jobs index until VACUUM, and
+# a scan from the head steps over all of them: 100,000 made a claim 0.4-0.6 ms instead of 0.03.
 _CLAIM_UPDATE = """
     UPDATE pgbackground_job SET state = 'running', started_at = clock_timestamp(),
         worker_id = %(worker)s, backend_pid = %(pid)s, event_seq = event_seq + 1
-    WHERE id = (SELECT id FROM pgbackground_job WHERE state = 'queued'
+    WHERE id = (SELECT id FROM pgbackground_job WHERE state = 'queued' AND id > %(after)s
                 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
     RETURNING id, owner_id, cookie, sql, label, role, gucs, timeout, max_result_bytes,
               fire_and_forget, cancel_deadline
@@ -158,7 +161,12 @@ def result_in_row(outcome: Outcome) -> bool:
 
 
 # The three statements of every job, prepared on each control connection (prepared.py).
-_CLAIM_TYPES = {"worker": "bigint", "pid": "integer"}
+_CLAIM_TYPES = {"worker": "bigint", "pid": "integer", "after": "bigint"}
+# A job queued with a lower id than a slot's last claim (launched in a transaction that
+# committed late, queued again after its worker died, skipped while locked) is found by the
+# claim from the head that follows a claim that found nothing after the slot's last one, and,
+# while the queue stays deep, by the claim from the head every this many claims.
+CLAIM_FROM_HEAD_EVERY = 64
 _RECORD_TYPES = {
     "id": "bigint",
     "worker": "bigint",
@@ -586,6 +594,8 @@ class Slot(threading.Thread):
         # Cancels that arrived for a job claimed ahead, before it started: (grace, reason).
         self._early_cancel: dict[int, tuple[float, str]] = {}
         self._last_started: int | None = None  # the last job whose run began
+        self._last_claimed: int | None = None  # where the next claim starts looking
+        self._claims = 0
 
     def cancel_current(self, grace: float, reason: str, *, job_id: int | None = None) -> None:
         """Cancel the job this slot runs (only if it is ``job_id``, when given), atomically with
@@ -702,19 +712,33 @@ class Slot(threading.Thread):
         """The oldest queued job, now ours, and whether more were queued behind it."""
         assert self.control is not None and self.job_conn is not None
         pid = self.job_conn.info.backend_pid
+        after = self._claim_after()
         with self.claim_lock:
-            rows = _CLAIM.run(self.control, {"worker": self.pool.worker_id, "pid": pid})
+            rows = _CLAIM.run(
+                self.control, {"worker": self.pool.worker_id, "pid": pid, "after": after}
+            )
             row = rows[0] if rows else None
             self.held_job = None if row is None else int(row[0])
-        return self._claimed(row, pid)
+        return self._claimed(row, pid, after)
+
+    def _claim_after(self) -> int:
+        """Where the next claim starts looking (see _CLAIM_UPDATE): after this slot's last
+        claim, or from the head of the queue (0) every CLAIM_FROM_HEAD_EVERY claims."""
+        self._claims += 1
+        if self._last_claimed is None or self._claims % CLAIM_FROM_HEAD_EVERY == 0:
+            return 0
+        return self._last_claimed
 
     def _claimed(
-        self, row: tuple[Any, ...] | None, backend_pid: int
+        self, row: tuple[Any, ...] | None, backend_pid: int, after: int
     ) -> tuple[ClaimedJob | None, bool]:
         """The job a claim statement returned (None if the queue was empty), and whether more
-        were queued behind it."""
+        were queued behind it (or, after a claim that looked past the head and found nothing,
+        whether to look again from the head)."""
         if row is None:
-            return None, False
+            self._last_claimed = None
+            return None, after != 0
+        self._last_claimed = int(row[0])
         (
             job_id,
             cookie,
@@ -899,12 +923,15 @@ class Slot(threading.Thread):
         job with whether more were queued behind it."""
         assert self.control is not None and self.job_conn is not None
         pid = self.job_conn.info.backend_pid
+        after = self._claim_after()
         with self.claim_lock:
-            (both,) = _RECORDS[in_row, True].run(self.control, {**params, "pid": pid})
+            (both,) = _RECORDS[in_row, True].run(
+                self.control, {**params, "pid": pid, "after": after}
+            )
             row = both[:6] if both[0] is not None else None
             claimed = both[6:] if both[6] is not None else None
             self.held_job = None if claimed is None else int(claimed[0])
-        return row, self._claimed(claimed, pid)
+        return row, self._claimed(claimed, pid, after)
 
     def _finish_reset(self) -> None:
         """The job connection is clean again (DISCARD ALL: no settings, role, temp tables,

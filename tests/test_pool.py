@@ -313,6 +313,47 @@ def test_the_queue_channel_is_not_listened_to_while_every_slot_is_busy(start_poo
 
 
 @pytest.mark.django_db(transaction=True)
+def test_the_claim_looks_after_the_slots_last_claim_then_from_the_head():
+    """Claims start after the slot's previous one (not over the dead index entries of every job
+    claimed since VACUUM); a job queued behind that point is taken by the claim from the head
+    that follows one that found nothing, and by the periodic claim from the head even while the
+    queue stays deep."""
+    from pgbackground import pool as pool_module
+
+    with raw_connection() as conn:
+        (worker,) = conn.execute(
+            "INSERT INTO pgbackground_worker (name, hostname, pid, concurrency)"
+            " VALUES ('test', 'test', 1, 1) RETURNING id"
+        ).fetchone()
+
+        def claim(after):
+            rows = pool_module._CLAIM.run(conn, {"worker": worker, "pid": 0, "after": after})
+            return rows[0][0] if rows else None
+
+        low, mid, high = (pgb.launch(f"SELECT {n}").id for n in range(3))
+        assert claim(mid) == high  # after the hint, the lower ones wait
+        assert claim(high) is None
+        assert claim(0) == low  # from the head
+        assert claim(0) == mid
+        assert claim(0) is None
+
+    class FakeSlot:
+        _claims = 0
+        _last_claimed: int | None = 7
+        _claim_after = pool_module.Slot._claim_after
+        _claimed = pool_module.Slot._claimed
+
+    slot = FakeSlot()
+    every = pool_module.CLAIM_FROM_HEAD_EVERY
+    hints = [slot._claim_after() for _ in range(2 * every)]
+    assert hints.count(0) == 2 and hints[every - 1] == 0 and set(hints) == {7, 0}
+    # Nothing after the hint: look again at once, from the head; nothing there: wait.
+    assert slot._claimed(None, 0, 7) == (None, True)
+    assert slot._claim_after() == 0
+    assert slot._claimed(None, 0, 0) == (None, False)
+
+
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("in_row", [True, False])
 def test_a_retried_outcome_keeps_the_result_its_first_attempt_stored(in_row):
     """The control connection can die after the outcome committed and before its reply: the
@@ -327,7 +368,7 @@ def test_a_retried_outcome_keeps_the_result_its_first_attempt_stored(in_row):
             "INSERT INTO pgbackground_worker (name, hostname, pid, concurrency)"
             " VALUES ('test', 'test', 1, 1) RETURNING id"
         ).fetchone()
-        (claimed,) = pool_module._CLAIM.run(conn, {"worker": worker, "pid": 0})
+        (claimed,) = pool_module._CLAIM.run(conn, {"worker": worker, "pid": 0, "after": 0})
         assert claimed[0] == h.id
         outcome = Outcome(
             command_tag="SELECT 1", row_count=1, columns=[("?column?", 23, -1)], result_set=0,
