@@ -63,8 +63,13 @@ def connect(
 
     Bookkeeping connections (the launcher's, the pool's control and listener connections) get
     the TimeZone Django uses and ``PGBACKGROUND["SYNCHRONOUS_COMMIT"]``. Job connections
-    (``job=True``) get neither, the job's own settings decide, and no prepared statements,
-    since they are reset with DISCARD ALL after every job.
+    (``job=True``) get neither: the job's own settings decide.
+
+    None of them lets psycopg prepare statements by itself: job connections are reset with
+    DISCARD ALL after every job, and on the others a statement psycopg prepared would fail
+    with 0A000 ("cached plan must not change result type") after a migration that changes the
+    type of a column it returns, until the connection is replaced. The statements run on every
+    job are prepared by pgbackground (prepared.py), which prepares them again in that case.
     """
     return psycopg.connect(autocommit=True, **_params(alias, application_name, options, job))
 
@@ -73,6 +78,7 @@ def _params(alias: str, application_name: str | None, options: str, job: bool) -
     params = connection_params(alias)
     if application_name:
         params["application_name"] = application_name[:63]
+    params["prepare_threshold"] = None
     extra = [options] if options else []
     if not job:
         tz = connections[alias].timezone_name
@@ -80,7 +86,6 @@ def _params(alias: str, application_name: str | None, options: str, job: bool) -
             extra.append(_option("TimeZone", tz))
         extra.append(_option("synchronous_commit", str(app_settings.SYNCHRONOUS_COMMIT)))
     else:
-        params["prepare_threshold"] = None
         # Jobs carry the launcher's TimeZone: start with Django's, so that applying it is
         # usually a no-op (see Executor._apply_session).
         tz = connections[models_alias()].timezone_name

@@ -22,6 +22,7 @@ from psycopg.types.json import Jsonb
 from . import sqltext
 from .conf import PROGRESS_MESSAGE_MAX_CHARS
 from .events import EVENT_COLUMNS, PUBLISH_FROM_J
+from .prepared import NamedStatement
 from .results import EncodedChunk, encode_values, pgresult_values
 
 logger = logging.getLogger("pgbackground.executor")
@@ -199,6 +200,17 @@ WITH j AS (
 )
 {PUBLISH_FROM_J}
 """
+_PROGRESS = NamedStatement(
+    "pgbackground_progress",
+    _PROGRESS_SQL,
+    {
+        "id": "bigint",
+        "pct": "double precision",
+        "message": "text",
+        "notices": "jsonb",
+        "dropped": "integer",
+    },
+)
 
 # The 'running' event of a job still running after RUNNING_EVENT_DELAY (current row values).
 _RUNNING_EVENT_SQL = f"""
@@ -651,8 +663,8 @@ class Executor:
         if not force and now - rep.last_write < PROGRESS_INTERVAL:
             return False
         notices, rep.notices = rep.notices, []
-        self.control.execute(
-            _PROGRESS_SQL,
+        _PROGRESS.run(
+            self.control,
             {
                 "id": job_id,
                 "pct": rep.pct,

@@ -178,6 +178,12 @@ SELECT j.id, j.state, {PUBLISH_EXPRS},
 FROM j
 """
 
+_CANCEL = NamedStatement(
+    "pgbackground_cancel",
+    _CANCEL_SQL,
+    {"ids": "bigint[]", "cookie": "bigint", "grace": "double precision"},
+)
+
 _DETACH_SQL = """
 WITH j AS (
     UPDATE pgbackground_job SET detached = true, result_data = NULL, result_nulls = NULL
@@ -429,9 +435,7 @@ class Handle:
         the job is terminal. Canceling a finished job changes nothing."""
         grace_s = _validate_grace(grace)
         conn = launcher_connection()
-        rows = conn.execute(
-            _CANCEL_SQL, {"ids": [self.id], "cookie": self.cookie, "grace": grace_s}
-        ).fetchall()
+        rows = _CANCEL.run(conn, {"ids": [self.id], "cookie": self.cookie, "grace": grace_s})
         if not rows:
             _fetch(conn, self.id, self.cookie, "state")  # InvalidHandle, or already finished
             return
@@ -499,11 +503,7 @@ def _validate_grace(grace: object) -> float:
 
 def cancel_ids(ids: list[int], grace: float = 0.0) -> list[tuple[int, str]]:
     """Cancel jobs by id without a cookie (operators, admin): the (id, state) of those touched."""
-    rows = (
-        launcher_connection()
-        .execute(_CANCEL_SQL, {"ids": ids, "cookie": None, "grace": grace})
-        .fetchall()
-    )
+    rows = _CANCEL.run(launcher_connection(), {"ids": ids, "cookie": None, "grace": grace})
     return [(r[0], r[1]) for r in rows]
 
 

@@ -123,6 +123,27 @@ def test_a_statement_whose_result_type_changed_is_prepared_again():
         assert select.run(conn, {"n": 0}) == [(5,)]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_migration_that_changes_a_returned_column_type_breaks_no_bookkeeping_query():
+    """psycopg prepares a query by itself after five runs, and such a statement fails with
+    0A000 once a migration changes the type of a column it returns. pgbackground's own
+    connections do not let it: the query keeps working on the same connection."""
+    from pgbackground.db import launcher_connection
+
+    conn = launcher_connection()
+    h = pgb.launch("SELECT 1")
+    query = "SELECT id, error_sqlstate FROM pgbackground_job WHERE id = %s"
+    for _ in range(8):
+        assert conn.execute(query, [h.id]).fetchall() == [(h.id, "")]
+    with raw_connection() as admin:
+        admin.execute("ALTER TABLE pgbackground_job ALTER error_sqlstate TYPE varchar(6)")
+        try:
+            assert conn.execute(query, [h.id]).fetchall() == [(h.id, "")]
+        finally:
+            admin.execute("ALTER TABLE pgbackground_job ALTER error_sqlstate TYPE varchar(5)")
+    h.cancel()
+
+
 def test_a_connection_that_never_keeps_statements_runs_the_plain_statement(monkeypatch):
     """What a transaction pooler does: the statement is gone from every next server session."""
     with raw_connection() as conn:
