@@ -605,7 +605,7 @@ def measure_drain(ctx: Context) -> list[Metric]:
                 " AND state IN ('queued', 'running')", [list(cookies)]).fetchall()]
         span, states = conn.execute(
             "SELECT extract(epoch FROM max(finished_at) - min(started_at))::float8,"
-            " array_agg(DISTINCT state) FROM pgbackground_job WHERE id = ANY(%s)",
+            " array_agg(DISTINCT state::text) FROM pgbackground_job WHERE id = ANY(%s)",
             [[r[0] for r in rows]]).fetchone()  # type: ignore[misc]
     if states != ["stopped"]:
         raise BenchFailure(f"drained jobs ended {states}")

@@ -11,6 +11,7 @@ from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
 from .conf import MAX_LABEL_CHARS
+from .fields import CookieField, JobStateField
 
 
 class JobState(models.TextChoices):
@@ -40,7 +41,7 @@ class Job(models.Model):
     """One background job: the record a :class:`pgbackground.Handle` points at."""
 
     id = models.BigAutoField(primary_key=True)
-    cookie = models.BigIntegerField(_("cookie"), editable=False)
+    cookie = CookieField(_("cookie"), editable=False)
     sql = models.TextField(_("SQL"))
     label = models.CharField(
         _("label"), max_length=MAX_LABEL_CHARS, blank=True, default="", db_default=""
@@ -54,7 +55,7 @@ class Job(models.Model):
         related_name="pgbackground_jobs",
         db_index=False,  # pgb_job_owner_idx (owner, -id) serves it
     )
-    state = models.CharField(
+    state = JobStateField(
         _("state"),
         max_length=10,
         choices=JobState.choices,
@@ -172,12 +173,8 @@ class Job(models.Model):
                 condition=models.Q(state__in=["stopped", "canceled", "error"]),
             ),
         ]
-        constraints = [
-            models.CheckConstraint(condition=~models.Q(cookie=0), name="pgb_job_cookie_nonzero"),
-            models.CheckConstraint(
-                condition=models.Q(state__in=JobState.values), name="pgb_job_state_valid"
-            ),
-        ]
+        # No CHECK constraints: the state and the cookie are checked by their domains
+        # (fields.py says why).
 
     def __str__(self) -> str:
         return f"#{self.id} {self.label}" if self.label else f"#{self.id}"

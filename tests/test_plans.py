@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+import psycopg
 import pytest
 
 from pgbackground import executor, handles, pool, results
@@ -105,3 +106,29 @@ def test_the_claim_never_scans_the_whole_table_to_tell_whether_more_are_queued(n
     scans = job_table_scans(generic_plan(sql))
     assert scans and "Seq Scan" not in scans, (name, scans)
     assert "pgb_job_queued_idx" in scans, (name, scans)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "domain"),
+    [("state", "bogus", "pgbackground_job_state"), ("cookie", 0, "pgbackground_cookie")],
+)
+def test_the_state_and_the_cookie_are_checked_by_their_domains(column, value, domain):
+    """The rules of the former CHECK constraints, on insert and on update (23514)."""
+    insert = (
+        "INSERT INTO pgbackground_job (cookie, sql, role, gucs, max_result_bytes, notices, state)"
+        " VALUES (%(cookie)s, 'SELECT 1', 'r', '{}', 0, '[]', %(state)s) RETURNING id"
+    )
+    with raw_connection() as conn:
+        good = {"cookie": 7, "state": "queued"}
+        with pytest.raises(psycopg.errors.CheckViolation, match=domain):
+            conn.execute(insert, {**good, column: value})
+        (job_id,) = conn.execute(insert, good).fetchone()
+        with pytest.raises(psycopg.errors.CheckViolation, match=domain):
+            conn.execute(
+                f"UPDATE pgbackground_job SET {column} = %s WHERE id = %s", [value, job_id]
+            )
+        checks = conn.execute(
+            "SELECT count(*) FROM pg_constraint"
+            " WHERE conrelid = 'pgbackground_job'::regclass AND contype = 'c'"
+        ).fetchone()
+    assert checks == (0,)  # none left on the table: each would cost every write of a job
