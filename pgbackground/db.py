@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from django.db import DEFAULT_DB_ALIAS, connections, router
 
 from .conf import app_settings
+
+if TYPE_CHECKING:
+    from .replies import ReplyHub
 
 # Keys of Django's connection params that are Django's, not libpq's.
 _NOT_LIBPQ = {"cursor_factory", "context", "prepare_threshold", "server_side_binding"}
@@ -118,17 +121,36 @@ def launcher_connection() -> psycopg.Connection[Any]:
     """This thread's autonomous connection to the models database (autocommit, reused).
 
     A broken connection, a fork or changed database settings (tests switch to the test
-    database) give a fresh one.
+    database) give a fresh one. The process's reply connection (replies.py) is opened with the
+    first: wait() on jobs launched from then on needs no LISTEN of its own.
     """
+    return launcher_connection_and_hub()[0]
+
+
+def launcher_connection_and_hub() -> tuple[psycopg.Connection[Any], ReplyHub]:
+    """:func:`launcher_connection` and the process's reply hub (opened if need be)."""
+    from .replies import current_hub, open_hub
+
     conn = current_launcher_connection()
     if conn is None:
-        from .replies import open_box
-
         conn = connect(models_alias(), application_name="pgbackground launcher")
-        open_box(conn)  # LISTEN to its reply channel: wait() on jobs launched here needs none
         _local.conn, _local.key = conn, _launcher_key()
         _all_launcher_connections.add(conn)
-    return conn
+    key = _local.key
+    assert key is not None
+    hub = current_hub(key)
+    if hub is None:
+        hub = open_hub(
+            key, lambda: connect(models_alias(), application_name="pgbackground replies")
+        )
+    return conn, hub
+
+
+def reply_hub() -> ReplyHub | None:
+    """The process's reply hub for the models database, if it has one (none is opened)."""
+    from .replies import current_hub
+
+    return current_hub(_launcher_key())
 
 
 def current_launcher_connection() -> psycopg.Connection[Any] | None:
@@ -170,10 +192,14 @@ def discard_launcher_connection() -> None:
 
 
 def close_launcher_connections() -> None:
-    """Close every thread's launcher connection (tests do this before dropping the database)."""
+    """Close every thread's launcher connection and the process's reply connection (tests do
+    this before dropping the database)."""
+    from .replies import close_hub
+
     for conn in list(_all_launcher_connections):
         try:
             conn.close()
         except psycopg.Error:
             pass
     _local.conn, _local.key = None, None
+    close_hub()

@@ -20,7 +20,7 @@ from asgiref.sync import sync_to_async
 from psycopg import sql as pgsql
 
 from .conf import MAX_CANCEL_GRACE, app_settings
-from .db import aconnect, launcher_connection, models_alias
+from .db import aconnect, launcher_connection, launcher_connection_and_hub, models_alias
 from .events import CANCEL_CHANNEL, EVENT_COLUMNS, PUBLISH_EXPRS, job_channel
 from .exceptions import (
     InvalidHandle,
@@ -29,7 +29,7 @@ from .exceptions import (
     error_for,
 )
 from .prepared import NamedStatement
-from .replies import ReplyBox, box_of
+from .replies import ReplyHub
 from .results import Column, Result, columns_from_json
 
 TERMINAL = ("stopped", "canceled", "error")
@@ -258,36 +258,37 @@ class Handle:
         for workers that died, so that a job of a dead pool still ends (08006).
         """
         timeout = _validate_timeout(timeout)
-        conn = launcher_connection()
+        conn, hub = launcher_connection_and_hub()
         deadline = None if timeout is None else time.monotonic() + timeout
-        box = box_of(conn)
-        if box is not None and box.expects(self.id, self.cookie):
-            if not self._await_reply(conn, box, deadline, verify=True):
+        if hub.expects(self.id, self.cookie):
+            if not self._await_reply(conn, hub, deadline, verify=True):
                 return False
-            box.told_ended(self.id)  # a result() after this wait need not wait for a hint
+            hub.told_ended(self.id)  # a result() after this wait need not wait for a hint
             return True
-        return self._await_own_channel(conn, box, deadline)
+        return self._await_own_channel(conn, deadline)
 
     def _await_reply(
         self,
         conn: psycopg.Connection[Any],
-        box: ReplyBox,
+        hub: ReplyHub,
         deadline: float | None,
         *,
         verify: bool,
     ) -> bool:
-        """Wait for a job launched on this thread: its end is announced on the connection's
-        reply channel, which it already LISTENs to. With ``verify``, an announcement without
-        the job's reply tag is confirmed by reading the row; without, the caller's next
-        statement does. False when the deadline passes first."""
+        """Wait for a job launched while the process had its reply connection: its end is
+        announced on that connection's channel, which it already LISTENs to. With ``verify``,
+        an announcement without the job's reply tag is confirmed by reading the row; without,
+        the caller's next statement does. False when the deadline passes first."""
         from .recovery import recover_lost_workers
 
         check_every = _lost_check_interval()
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             slice_ = check_every if remaining is None else max(0.0, min(check_every, remaining))
-            told = box.drain(conn, slice_, until=self.id)
-            if told and (box.take_proven(self.id) or not verify):
+            if hub.broken:  # its notifications are lost: the general way
+                return self._await_own_channel(conn, deadline)
+            told = hub.await_end(self.id, slice_)
+            if told and (hub.take_proven(self.id) or not verify):
                 return True
             (state,) = _fetch(conn, self.id, self.cookie, "state")
             if state in TERMINAL:
@@ -298,7 +299,7 @@ class Handle:
                 recover_lost_workers(conn)
 
     def _await_own_channel(
-        self, conn: psycopg.Connection[Any], box: ReplyBox | None, deadline: float | None
+        self, conn: psycopg.Connection[Any], deadline: float | None
     ) -> bool:
         """Wait for any job: LISTEN on its own channel, read its state, sleep on NOTIFY."""
         from .recovery import recover_lost_workers
@@ -312,13 +313,11 @@ class Handle:
                 if remaining is not None and remaining <= 0:
                     return False
                 slice_ = check_every if remaining is None else min(check_every, remaining)
-                got = False
                 # The whole first batch is read (leaving the generator early drops the rest).
-                for notify in conn.notifies(timeout=slice_, stop_after=1):
-                    if notify.channel == channel:
-                        got = True
-                    elif box is not None:
-                        box.note(notify)  # another job of this thread: keep the hint
+                got = any(
+                    notify.channel == channel
+                    for notify in list(conn.notifies(timeout=slice_, stop_after=1))
+                )
                 if not got and state == "running":
                     recover_lost_workers(conn)
                 (state,) = _fetch(conn, self.id, self.cookie, "state")
@@ -329,21 +328,19 @@ class Handle:
     def result(self) -> Result:
         """The job's result (waits for it to finish). Consumes it: a second call raises
         ResultConsumed. A failed job raises JobError (JobCanceled, WorkerLost) with its SQLSTATE."""
-        conn = launcher_connection()
-        box = box_of(conn)
+        conn, hub = launcher_connection_and_hub()
         try:
-            return self._result(conn, box)
+            return self._result(conn, hub)
         finally:
-            if box is not None:
-                box.forget(self.id)
+            hub.forget(self.id)
 
-    def _result(self, conn: psycopg.Connection[Any], box: ReplyBox | None) -> Result:
+    def _result(self, conn: psycopg.Connection[Any], hub: ReplyHub) -> Result:
         params = {"id": self.id, "cookie": self.cookie, "inline": int(app_settings.CHUNK_BYTES) * 4}
         rows: list[Any] = []
-        if box is not None and box.expects(self.id, self.cookie):
+        if hub.expects(self.id, self.cookie):
             # Launched on this thread: consume as soon as the end is announced (the consuming
             # statement itself checks that the job stopped); anything else takes the long way.
-            self._await_reply(conn, box, None, verify=False)
+            self._await_reply(conn, hub, None, verify=False)
             rows = _CONSUME.run(conn, params, binary=True)
         if not rows:
             self.wait()

@@ -18,12 +18,12 @@ from psycopg.types.json import Jsonb
 from . import sqltext
 from .capture import FINGERPRINT, OWN_STATEMENT, cached_capture, remember
 from .conf import MAX_LABEL_CHARS, MAX_SQL_CHARS, app_settings
-from .db import current_launcher_connection, launcher_connection, models_alias
+from .db import launcher_connection, models_alias, reply_hub
 from .events import QUEUE_CHANNEL
 from .exceptions import TooManyJobs
 from .handles import Handle
 from .prepared import NamedStatement
-from .replies import ReplyBox, box_of
+from .replies import ReplyHub
 from .signals import job_launched
 
 # Session settings never carried from the launcher to the job: the pool owns them (encoding,
@@ -390,24 +390,17 @@ def _insert_inline(alias: str, params: dict[str, Any]) -> int | bool | None:
     return int(row[0])
 
 
-def _expect_reply(
-    box: ReplyBox,
-    conn: psycopg.Connection[Any],
-    job_id: int,
-    cookie: int,
-    on_commit_of: str | None,
-) -> None:
-    """Tell the box of ``conn`` (the thread's launcher connection) to expect the job's end, once
-    the job exists for sure: a job launched with on_commit is expected only if the caller's
-    transaction commits, and only if the thread still has that connection then."""
+def _expect_reply(hub: ReplyHub, job_id: int, cookie: int, on_commit_of: str | None) -> None:
+    """Tell the process's reply hub to expect the job's end, once the job exists for sure: a
+    job launched with on_commit is expected only if the caller's transaction commits, and only
+    if the process still has that hub then."""
 
     def expect_on_commit() -> None:
-        current = current_launcher_connection()
-        if current is not None and box_of(current) is box:
-            box.expect(current, job_id, cookie)
+        if reply_hub() is hub:
+            hub.expect(job_id, cookie)
 
     if on_commit_of is None:
-        box.expect(conn, job_id, cookie)
+        hub.expect(job_id, cookie)
     else:
         transaction.on_commit(expect_on_commit, using=on_commit_of)
 
@@ -438,9 +431,8 @@ def launch(
 
     alias = models_alias()
     cookie = new_cookie()
-    # The thread's launcher connection, if it has one, hears of the job's end (replies.py).
-    reply_conn = current_launcher_connection()
-    reply_box = box_of(reply_conn)
+    # The process's reply connection, if it has one, hears of the job's end (replies.py).
+    hub = reply_hub()
     params: dict[str, Any] = {
         "cookie": cookie,
         "sql": sql,
@@ -451,7 +443,7 @@ def launch(
         "max_result_bytes": limit_bytes,
         "ff": fire_and_forget or not app_settings.STORE_RESULTS,
         "sync": str(app_settings.SYNCHRONOUS_COMMIT),
-        "reply_pid": None if reply_box is None else reply_box.pid,
+        "reply_pid": None if hub is None else hub.pid,
     }
     job_id: int | bool | None = False
     if not overrides:
@@ -462,10 +454,10 @@ def launch(
         else:
             job_id = _insert_inline(alias, params)
     if job_id is False:
-        if reply_box is None:
-            reply_conn = launcher_connection()  # it is needed now anyway
-            reply_box = box_of(reply_conn)
-            params["reply_pid"] = None if reply_box is None else reply_box.pid
+        if hub is None:
+            launcher_connection()  # it is needed now anyway, and opens the reply hub
+            hub = reply_hub()
+            params["reply_pid"] = None if hub is None else hub.pid
         role, settings = capture_session(alias)
         if overrides:
             check_gucs_with_server(launcher_connection(), role, overrides)
@@ -481,8 +473,8 @@ def launch(
             " wait for one to finish or cancel one (SQLSTATE 53400)"
         )
     assert isinstance(job_id, int)
-    if reply_box is not None and reply_conn is not None:
-        _expect_reply(reply_box, reply_conn, job_id, cookie, alias if on_commit else None)
+    if hub is not None:
+        _expect_reply(hub, job_id, cookie, alias if on_commit else None)
     handle = Handle(job_id, cookie)
     job_launched.send(
         sender=Handle, handle=handle, label=label, owner_id=owner_pk, on_commit=on_commit

@@ -1,5 +1,6 @@
-"""The shortcuts of the hot path behave like the long way: reply channels (wait/result on the
-launching thread) and the launch statement prepared on the caller's connection."""
+"""The shortcuts of the hot path behave like the long way: the process's reply channel
+(wait/result without a LISTEN of their own) and the launch statement prepared on the caller's
+connection."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pytest
 from django.db import connection, transaction
 
 import pgbackground as pgb
-from pgbackground import events, prepared, replies
-from pgbackground.db import launcher_connection
+from pgbackground import events, handles, prepared, replies
+from pgbackground.db import close_launcher_connections, launcher_connection, reply_hub
 from pgbackground.models import Job
 from tests.helpers import raw_connection
 
@@ -49,16 +50,21 @@ def _in_thread(fn: Any) -> Any:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_job_names_the_launching_threads_reply_channel_once_it_has_one():
-    # A thread without a launcher connection opens none just to launch.
-    first = _in_thread(lambda: pgb.launch("SELECT 1"))
-    assert _reply_pid(first) is None
-    conn = launcher_connection()
+def test_a_job_names_the_processs_reply_channel_once_it_has_one():
+    close_launcher_connections()
+    # A process without a launcher connection opens none just to launch.
+    first = pgb.launch("SELECT 1")
+    assert _reply_pid(first) is None and reply_hub() is None
+    launcher_connection()
+    hub = reply_hub()
+    assert hub is not None and hub.pid != launcher_connection().info.backend_pid
     h = pgb.launch("SELECT 1")
-    assert _reply_pid(h) == conn.info.backend_pid
-    box = replies.box_of(conn)
-    assert box is not None and box.expects(h.id, h.cookie)
-    assert not box.expects(h.id, h.cookie + 1)
+    assert _reply_pid(h) == hub.pid
+    assert hub.expects(h.id, h.cookie)
+    assert not hub.expects(h.id, h.cookie + 1)
+    # Every thread of the process names it: one LISTENing connection, however many threads.
+    other = _in_thread(lambda: pgb.launch("SELECT 2"))
+    assert _reply_pid(other) == hub.pid and hub.expects(other.id, other.cookie)
 
 
 def test_result_and_wait_on_the_launching_thread(pool):
@@ -72,15 +78,55 @@ def test_result_and_wait_on_the_launching_thread(pool):
     with pytest.raises(pgb.JobError) as info:
         h2.result()
     assert info.value.sqlstate == "22012"
-    box = replies.box_of(launcher_connection())
-    assert box is not None and not box.expects(h.id, h.cookie)
+    hub = reply_hub()
+    assert hub is not None and not hub.expects(h.id, h.cookie)
 
 
-def test_other_threads_wait_the_general_way(pool):
+def test_other_threads_are_told_too(pool):
     launcher_connection()
     h = pgb.launch("SELECT 7")
     text = str(h)
     assert _in_thread(lambda: pgb.Handle.parse(text).result().rows) == [(7,)]
+
+
+def test_threads_share_the_reply_connection_and_hand_each_other_the_ends(pool, monkeypatch):
+    """Threads waiting at once take turns reading the one reply connection and note the ends
+    of the others' jobs for them (including an end read before its thread registered the job):
+    every wait is answered by a proven notification, none reads the row or LISTENs itself."""
+    launcher_connection()
+    reads: list[str] = []
+    fetch = handles._fetch
+
+    def counting_fetch(conn: Any, job_id: int, cookie: int, columns: str) -> Any:
+        reads.append(columns)
+        return fetch(conn, job_id, cookie, columns)
+
+    def no_own_channel(*args: Any, **kwargs: Any) -> bool:
+        raise AssertionError("waited on the job's own channel")
+
+    monkeypatch.setattr(handles, "_fetch", counting_fetch)
+    monkeypatch.setattr(pgb.Handle, "_await_own_channel", no_own_channel)
+
+    def work(n: int) -> list[int]:
+        out = []
+        for i in range(25):
+            h = pgb.launch(f"SELECT {n * 100 + i}")
+            if i % 2:
+                assert h.wait(60)
+            out.append(h.result().rows[0][0])
+        return out
+
+    results: dict[int, Any] = {}
+    threads = [
+        threading.Thread(target=lambda n=n: results.__setitem__(n, _in_thread(lambda: work(n))))
+        for n in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert results == {n: [n * 100 + i for i in range(25)] for n in range(4)}
+    assert reads == []
 
 
 def test_a_forged_reply_notification_is_only_a_hint(pool):
@@ -129,20 +175,20 @@ def test_a_rolled_back_on_commit_job_is_not_expected():
     with transaction.atomic():
         h = pgb.launch("SELECT 1", on_commit=True)
         transaction.set_rollback(True)
-    box = replies.box_of(launcher_connection())
-    assert box is not None and not box.expects(h.id, h.cookie)
+    hub = reply_hub()
+    assert hub is not None and not hub.expects(h.id, h.cookie)
     with pytest.raises(pgb.InvalidHandle):
         h.wait(0)
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_box_forgets_the_oldest_beyond_its_bound(monkeypatch):
+def test_the_hub_forgets_the_oldest_beyond_its_bound(monkeypatch):
     monkeypatch.setattr(replies, "MAX_EXPECTED", 3)
-    conn = launcher_connection()
-    handles = [pgb.launch("SELECT 1") for _ in range(4)]
-    box = replies.box_of(conn)
-    assert box is not None
-    assert [box.expects(h.id, h.cookie) for h in handles] == [False, True, True, True]
+    launcher_connection()
+    launched = [pgb.launch("SELECT 1") for _ in range(4)]
+    hub = reply_hub()
+    assert hub is not None
+    assert [hub.expects(h.id, h.cookie) for h in launched] == [False, True, True, True]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -189,13 +235,18 @@ def test_the_pools_reply_carries_the_tag_that_proves_the_end(pool):
         payloads = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
     assert f"{h.id}:{events.reply_tag(h.cookie)}" in payloads
 
-    box = replies.ReplyBox(conn.info.backend_pid)
-    box.expected[h.id] = h.cookie
+    hub = replies.ReplyHub(conn, ("test",))  # not the process's: only its bookkeeping is used
+    hub.expect(h.id, h.cookie)
 
     def note(payload: str) -> int | None:
-        return box.note(psycopg.Notify(box.channel, payload, 0))
+        return hub.note(psycopg.Notify(hub.channel, payload, 0))
 
     assert note(f"{h.id}:{'f' * 16}") is None
-    assert note(str(h.id)) == h.id and not box.take_proven(h.id)  # a hint only
+    assert note(str(h.id)) == h.id and not hub.take_proven(h.id)  # a hint only
     assert note(f"{h.id}:{events.reply_tag(h.cookie)}") == h.id
-    assert box.take_proven(h.id) and not box.take_proven(h.id)
+    assert hub.take_proven(h.id) and not hub.take_proven(h.id)
+    # An end read before its job is expected (another thread read it first) is kept for it.
+    later = h.id + 1_000_000
+    assert note(f"{later}:{events.reply_tag(7)}") is None
+    hub.expect(later, 7)
+    assert hub.take_proven(later) and hub.await_end(later, 0)
