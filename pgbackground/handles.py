@@ -338,8 +338,9 @@ class Handle:
         params = {"id": self.id, "cookie": self.cookie, "inline": int(app_settings.CHUNK_BYTES) * 4}
         rows: list[Any] = []
         if hub.expects(self.id, self.cookie):
-            # Launched on this thread: consume as soon as the end is announced (the consuming
-            # statement itself checks that the job stopped); anything else takes the long way.
+            # Launched by this process while it had its reply connection: consume as soon as
+            # the end is announced (the consuming statement itself checks that the job
+            # stopped); anything else takes the long way.
             self._await_reply(conn, hub, None, verify=False)
             rows = _CONSUME.run(conn, params, binary=True)
         if not rows:

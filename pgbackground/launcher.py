@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 from . import sqltext
 from .capture import FINGERPRINT, OWN_STATEMENT, cached_capture, remember
 from .conf import MAX_LABEL_CHARS, MAX_SQL_CHARS, app_settings
-from .db import launcher_connection, models_alias, reply_hub
+from .db import launcher_connection, launcher_connection_and_hub, models_alias, reply_hub
 from .events import QUEUE_CHANNEL
 from .exceptions import TooManyJobs
 from .handles import Handle
@@ -455,9 +455,8 @@ def launch(
             job_id = _insert_inline(alias, params)
     if job_id is False:
         if hub is None:
-            launcher_connection()  # it is needed now anyway, and opens the reply hub
-            hub = reply_hub()
-            params["reply_pid"] = None if hub is None else hub.pid
+            _, hub = launcher_connection_and_hub()  # needed now anyway, and opens the hub
+            params["reply_pid"] = hub.pid
         role, settings = capture_session(alias)
         if overrides:
             check_gucs_with_server(launcher_connection(), role, overrides)

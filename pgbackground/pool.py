@@ -73,7 +73,21 @@ _CLAIM_COLUMNS = """
         ORDER BY q.id LIMIT 1) IS NOT NULL"""
 _CLAIM_SQL = f"WITH c AS ({_CLAIM_UPDATE}) SELECT {_CLAIM_COLUMNS} FROM c"
 
-_RECORD_UPDATE = f"""
+# A result of one small chunk goes into the job's row (models.Job.result_data), unless the job
+# is detached: no chunk row to insert now and to delete when the result is consumed.
+_RECORD_IN_ROW = """
+        result_data = CASE WHEN detached THEN NULL ELSE %(tail_data)s::bytea END,
+        result_nulls = CASE WHEN detached THEN NULL ELSE %(tail_nulls)s::bytea END,"""
+# The largest result kept in the job's row (data and NULL positions): the row stays well under
+# PostgreSQL's 2 kB TOAST threshold, and the job list never reads much more than it did.
+RESULT_IN_ROW_BYTES = 1024
+
+
+def _record_update(*, in_row: bool) -> str:
+    """The outcome's UPDATE of the job row (CTE ``j``); ``in_row``: it also stores the result's
+    one small chunk in the row (_RECORD_IN_ROW)."""
+    set_in_row = _RECORD_IN_ROW if in_row else ""
+    return f"""
 WITH j AS (
     UPDATE pgbackground_job SET
         state = CASE WHEN %(if_requested)s AND cancel_requested_at IS NOT NULL THEN 'canceled'
@@ -95,7 +109,7 @@ WITH j AS (
         progress_message = coalesce(%(pmessage)s, progress_message),
         progress_at = CASE WHEN %(pmessage)s::text IS NULL THEN progress_at
                            ELSE clock_timestamp() END,
-        notices = notices || %(notices)s::jsonb, notices_dropped = %(dropped)s,{{in_row}}
+        notices = notices || %(notices)s::jsonb, notices_dropped = %(dropped)s,{set_in_row}
         event_seq = event_seq + 1
     -- One row by its primary key. (The row comparison keeps the planner off the partial index
     -- of running jobs, whose entries for this worker, dead ones included, it would walk.)
@@ -121,14 +135,6 @@ _RECORD_TAIL = """, tail AS (
     FROM j WHERE %(tail_nrows)s::int IS NOT NULL AND NOT j.detached
 )"""
 _RECORD_OUTPUT = f"SELECT j.id, j.state, j.run_seconds, {PUBLISH_EXPRS.strip()} FROM j"
-# A result of one small chunk goes into the job's row (models.Job.result_data), unless the job
-# is detached: no chunk row to insert now and to delete when the result is consumed.
-_RECORD_IN_ROW = """
-        result_data = CASE WHEN detached THEN NULL ELSE %(tail_data)s::bytea END,
-        result_nulls = CASE WHEN detached THEN NULL ELSE %(tail_nulls)s::bytea END,"""
-# The largest result kept in the job's row (data and NULL positions): the row stays well under
-# PostgreSQL's 2 kB TOAST threshold, and the job list never reads much more than it did.
-RESULT_IN_ROW_BYTES = 1024
 
 
 def _record_sql(*, in_row: bool, claim: bool) -> str:
@@ -137,7 +143,7 @@ def _record_sql(*, in_row: bool, claim: bool) -> str:
     chunk rows the job stored and does not keep are dropped and its last chunk is stored as one
     more. ``claim``: under a deep queue, also claim the next job (one round trip, one commit);
     columns: _RECORD_OUTPUT's six, then _CLAIM_SQL's (NULLs when nothing matched)."""
-    update = _RECORD_UPDATE.replace("{in_row}", _RECORD_IN_ROW if in_row else "")
+    update = _record_update(in_row=in_row)
     ctes = update if in_row else update + _RECORD_DROP_CHUNKS + _RECORD_TAIL
     if not claim:
         return f"{ctes}\n{_RECORD_OUTPUT}"

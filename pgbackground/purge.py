@@ -98,6 +98,11 @@ class PurgeReport:
 
 # --- jobs --------------------------------------------------------------------------------------
 
+# Bytes of a stored chunk row (alias ``c``) and of a result kept in a job's row (alias ``j``;
+# NULL when there is none), as purge reports count them.
+_CHUNK_SIZE = "octet_length(c.data) + octet_length(c.nulls)"
+_IN_ROW_SIZE = "octet_length(j.result_data) + octet_length(j.result_nulls)"
+
 # One batch: lock finished jobs past the cut-off (skipping rows someone else holds), delete
 # their result chunks and the jobs, and add their counters to the archive, in one statement.
 # The counters follow stats.py's definitions exactly, so stats() is unchanged by a purge.
@@ -106,12 +111,12 @@ def _delete_jobs_sql(victims: str) -> str:
     return f"""
 WITH victims AS ({victims}), chunks AS (
     DELETE FROM pgbackground_jobresultchunk c USING victims v WHERE c.job_id = v.id
-    RETURNING octet_length(c.data) + octet_length(c.nulls) AS size
+    RETURNING {_CHUNK_SIZE} AS size
 ), gone AS (
     DELETE FROM pgbackground_job j USING victims v
     WHERE j.id = v.id AND j.state IN {_FINISHED}
     RETURNING j.owner_id, j.state, j.started_at, j.finished_at,
-              octet_length(j.result_data) + octet_length(j.result_nulls) AS in_row_size
+              {_IN_ROW_SIZE} AS in_row_size
 ), per_owner AS (
     SELECT owner_id,
            count(*) AS launched,
@@ -173,11 +178,11 @@ GROUP BY state
 # Chunk rows, and results kept in job rows (one chunk each).
 _COUNT_JOB_CHUNKS_SQL = f"""
 SELECT count(*), coalesce(sum(size), 0) FROM (
-    SELECT octet_length(c.data) + octet_length(c.nulls) AS size
+    SELECT {_CHUNK_SIZE} AS size
     FROM pgbackground_jobresultchunk c JOIN pgbackground_job j ON j.id = c.job_id
     WHERE j.state IN {_FINISHED} AND j.finished_at < %(cutoff)s
     UNION ALL
-    SELECT octet_length(j.result_data) + octet_length(j.result_nulls)
+    SELECT {_IN_ROW_SIZE}
     FROM pgbackground_job j
     WHERE j.state IN {_FINISHED} AND j.finished_at < %(cutoff)s AND j.result_data IS NOT NULL
 ) AS stored
@@ -218,7 +223,7 @@ def purge_jobs(
 _RESULT_TARGETS = f"""
     SELECT j.id, (j.state = 'stopped' AND NOT j.consumed AND NOT j.detached
                   AND NOT j.fire_and_forget) AS unread,
-           octet_length(j.result_data) + octet_length(j.result_nulls) AS in_row_size
+           {_IN_ROW_SIZE} AS in_row_size
     FROM pgbackground_job j
     WHERE j.state IN {_FINISHED} AND j.id > %(after)s
       AND ((%(cutoff)s::timestamptz IS NOT NULL AND j.finished_at < %(cutoff)s)
@@ -238,7 +243,7 @@ WITH targets AS (
     FOR UPDATE OF j SKIP LOCKED
 ), chunks AS (
     DELETE FROM pgbackground_jobresultchunk c USING targets t WHERE c.job_id = t.id
-    RETURNING octet_length(c.data) + octet_length(c.nulls) AS size
+    RETURNING {_CHUNK_SIZE} AS size
 ), marked AS (
     UPDATE pgbackground_job j SET result_bytes = 0, detached = j.detached OR t.unread,
         result_data = NULL, result_nulls = NULL
@@ -254,7 +259,7 @@ SELECT (SELECT count(*) FROM targets), (SELECT max(id) FROM targets),
 
 _COUNT_RESULTS_SQL = f"""
 WITH targets AS ({_RESULT_TARGETS}), stored AS (
-    SELECT octet_length(c.data) + octet_length(c.nulls) AS size
+    SELECT {_CHUNK_SIZE} AS size
     FROM targets t JOIN pgbackground_jobresultchunk c ON c.job_id = t.id
     UNION ALL
     SELECT in_row_size FROM targets WHERE in_row_size IS NOT NULL

@@ -29,6 +29,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -188,14 +189,15 @@ _hub_lock = threading.Lock()
 
 
 def current_hub(key: tuple[Any, ...]) -> ReplyHub | None:
-    """The process's reply hub for ``key`` (db.launcher_key()) if it has a usable one."""
+    """The process's reply hub for ``key`` (db._launcher_key(): this process and where the
+    models database is) if it has a usable one."""
     hub = _hub
     if hub is None or hub.key != key or hub.broken or hub.conn.closed:
         return None
     return hub
 
 
-def open_hub(key: tuple[Any, ...], connect: Any) -> ReplyHub:
+def open_hub(key: tuple[Any, ...], connect: Callable[[], psycopg.Connection[Any]]) -> ReplyHub:
     """The process's reply hub for ``key``, opened with ``connect()`` (and LISTENing) if it has
     none; one that is broken, of another process (fork) or of another database is replaced."""
     global _hub
