@@ -7,6 +7,7 @@ to :data:`GROUPS`; ``run.py`` prints, checks and stores whatever the groups retu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -56,14 +57,16 @@ class Sizes:
     claims: int  # claims timed, from a deep queue and from a queue of one
     claim_queue: int  # jobs queued for the deep-queue claims
     big_sql_rows: int  # rows of the INSERT of the big SQL script
+    admin_jobs: int  # job rows behind the admin job list
+    admin_requests: int  # requests of each admin page timed
 
 
 FULL = Sizes(round_trips=300, warmup=30, jobs=2000, launch_threads=1, jobs_threaded=5000,
              rows=1_000_000, repeats=3, cancels=30, claims=2000, claim_queue=100_000,
-             big_sql_rows=100_000)
+             big_sql_rows=100_000, admin_jobs=1_000_000, admin_requests=15)
 QUICK = Sizes(round_trips=30, warmup=5, jobs=200, launch_threads=1, jobs_threaded=200,
               rows=100_000, repeats=1, cancels=5, claims=50, claim_queue=5_000,
-              big_sql_rows=2_000)
+              big_sql_rows=2_000, admin_jobs=5_000, admin_requests=3)
 
 
 @dataclass
@@ -715,6 +718,120 @@ def measure_claim(ctx: Context) -> list[Metric]:
     ]
 
 
+# --- the admin job list over a large table -----------------------------------------------------
+
+# Finished jobs as a busy deployment leaves them: mostly stopped, some errors and cancels, labels
+# and SQL that differ, one owner for a fifth of them, created over the last 90 days.
+_ADMIN_FILL = """
+INSERT INTO pgbackground_job (cookie, sql, label, owner_id, state, created_at, started_at,
+    finished_at, role, gucs, max_result_bytes, notices, command_tag, row_count,
+    error_sqlstate, error_message)
+SELECT g, format('SELECT count(*) FROM sales WHERE region = %%s /* %%s */', g %% 17, md5(g::text)),
+    CASE WHEN g %% 3 = 0 THEN '' ELSE 'report-' || (g %% 40) END,
+    CASE WHEN g %% 5 = 0 THEN %(owner)s END,
+    s.state, t.at, t.at + interval '1 second', t.at + interval '2 seconds', 'bench', '{}',
+    1048576, '[]', CASE WHEN s.state = 'stopped' THEN 'SELECT 1' ELSE '' END,
+    CASE WHEN s.state = 'stopped' THEN 1 END,
+    CASE s.state WHEN 'error' THEN '22012' WHEN 'canceled' THEN '57014' ELSE '' END,
+    CASE s.state WHEN 'error' THEN 'division by zero'
+                 WHEN 'canceled' THEN 'canceling statement due to user request' ELSE '' END
+FROM generate_series(1, %(n)s) g,
+    LATERAL (SELECT CASE WHEN g %% 50 = 0 THEN 'error' WHEN g %% 97 = 0 THEN 'canceled'
+                         ELSE 'stopped' END AS state) s,
+    LATERAL (SELECT now() - interval '90 days' * (1 - g::float8 / %(n)s) AS at) t
+"""
+
+# (key, what the table says, query string). The first is the issue's metric: the list as an
+# operator opens it; the others are what they click next.
+ADMIN_PAGES = [
+    ("list", "admin job list", ""),
+    ("failed", "admin job list, state filter 'Failed or canceled'", "state=failed"),
+    ("label", "admin job list, label filter", "label=report-7"),
+    ("sqlstate", "admin job list, search 'division_by_zero' (an SQLSTATE)", "q=division_by_zero"),
+    ("day", "admin job list, one day of the date hierarchy", "created_at__year={y}"
+     "&created_at__month={m}&created_at__day={d}"),
+    ("page", "admin job list, page 100 (of a smaller table: its last)", "p={page}"),
+    ("text", "admin job list, free-text search of the SQL", "q=region+%3D+3"),
+    ("nomatch", "admin job list, free-text search matching no job", "q=no+such+text"),
+]
+
+
+def _admin_page(client: Any, url: str, n: int) -> tuple[list[float], list[dict[str, Any]]]:
+    """GET ``url`` ``n`` times in this process (the whole Django request: middleware, queries,
+    template): the times in ms and the queries of the last request."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    times = []
+    queries: list[dict[str, Any]] = []
+    for i in range(n + 1):  # the first warms the caches (templates, the planner's statistics)
+        capture = CaptureQueriesContext(connection) if i == n else contextlib.nullcontext()
+        with capture as captured:
+            t0 = time.perf_counter()
+            response = client.get(url)
+            elapsed = time.perf_counter() - t0
+        if response.status_code != 200:
+            raise BenchFailure(f"GET {url} answered {response.status_code}")
+        if i:
+            times.append(_ms(elapsed))
+        if captured is not None:
+            queries = [{"ms": float(q["time"]) * 1000, "sql": q["sql"]}
+                       for q in captured.captured_queries]
+    return times, queries
+
+
+def measure_admin_list(ctx: Context) -> list[Metric]:
+    """The admin's job list (server time: the whole request in this process, as the test client
+    makes it) over ``admin_jobs`` finished jobs vs the same pages over the table as the other
+    groups left it. The rows are deleted again at the end."""
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+    from django.urls import reverse
+
+    n, repeats = ctx.sizes.admin_jobs, ctx.sizes.admin_requests
+    user_model = get_user_model()
+    user, _ = user_model._default_manager.get_or_create(
+        username="bench-admin", defaults={"is_staff": True, "is_superuser": True})
+    client = Client(HTTP_HOST="localhost")
+    client.force_login(user)
+    base_url = reverse("admin:pgbackground_job_changelist")
+
+    def pages() -> dict[str, tuple[list[float], list[dict[str, Any]]]]:
+        today = time.gmtime()
+        (jobs,) = ctx.direct.execute("SELECT count(*) FROM pgbackground_job").fetchone()  # type: ignore[misc]
+        page = max(1, min(100, math.ceil(jobs / 50)))  # list_per_page is 50
+        found = {}
+        for key, _label, query in ADMIN_PAGES:
+            query = query.format(y=today.tm_year, m=today.tm_mon, d=today.tm_mday, page=page)
+            found[key] = _admin_page(client, f"{base_url}?{query}", repeats)
+        return found
+
+    (before,) = ctx.direct.execute("SELECT count(*) FROM pgbackground_job").fetchone()  # type: ignore[misc]
+    small = pages()
+    ctx.log(f"admin: adding {n:,} finished jobs")
+    (first,) = ctx.direct.execute("SELECT coalesce(max(id), 0) FROM pgbackground_job").fetchone()  # type: ignore[misc]
+    try:
+        ctx.direct.execute(_ADMIN_FILL, {"n": n, "owner": user.pk})
+        ctx.direct.execute("VACUUM ANALYZE pgbackground_job")
+        ctx.log(f"admin: {len(ADMIN_PAGES)} pages x {repeats} requests")
+        large = pages()
+    finally:
+        ctx.direct.execute("DELETE FROM pgbackground_job WHERE id > %s", [first])
+        ctx.direct.execute("VACUUM pgbackground_job")
+    metrics = []
+    for key, label, _query in ADMIN_PAGES:
+        (mine, queries), (base, _q) = large[key], small[key]
+        metrics.append(Metric(
+            f"admin_{key}_median_ms", f"{label}, {n:,} jobs, median", "ms",
+            statistics.median(mine), statistics.median(base),
+            baseline_note=f"the same page over the table before the jobs were added"
+                          f" ({before:,} jobs)",
+            details={"large": _summary(mine), "small": _summary(base),
+                     "queries": len(queries), "query_ms": sum(q["ms"] for q in queries),
+                     "sql": queries}))
+    return metrics
+
+
 GROUPS: dict[str, Callable[[Context], list[Metric]]] = {
     "roundtrip": measure_round_trip,
     "throughput": measure_throughput,
@@ -725,4 +842,5 @@ GROUPS: dict[str, Callable[[Context], list[Metric]]] = {
     "drain": measure_drain,
     "bigsql": measure_big_sql,
     "nocache": measure_without_settings_cache,
+    "admin": measure_admin_list,
 }

@@ -78,6 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--claim-queue", type=int, metavar="N",
                    help="jobs queued for the deep-queue claim latency (issue 6: 100,000)")
     p.add_argument("--cancels", type=int, metavar="N", help="cancel/progress jobs measured")
+    p.add_argument("--admin-jobs", type=int, metavar="N",
+                   help="finished jobs added behind the admin job list (issue 6: 1,000,000)")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="write a cProfile of the launcher and (with py-spy on PATH) the pool's"
                    " sampled stacks per group to DIR; the numbers then include the overhead")
@@ -101,7 +103,7 @@ def sizes_for(args: argparse.Namespace) -> Any:
     overrides = {
         name: getattr(args, name)
         for name in ("round_trips", "jobs", "launch_threads", "jobs_threaded", "rows", "repeats",
-                     "cancels", "claim_queue")
+                     "cancels", "claim_queue", "admin_jobs")
         if getattr(args, name) is not None
     }
     for name, value in overrides.items():

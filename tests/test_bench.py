@@ -32,6 +32,8 @@ METRICS = {
     "big_sql_s",
     "roundtrip_nocache_median_ms",
     "throughput_2threads_nocache_jobs_per_s",
+    *(f"admin_{page}_median_ms"
+      for page in ("list", "failed", "label", "sqlstate", "day", "page", "text", "nomatch")),
 }
 
 
