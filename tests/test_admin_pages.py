@@ -4,6 +4,7 @@ workers, the no-worker banner, the JSON state, and the list's speed guards."""
 from __future__ import annotations
 
 import datetime
+import re
 
 import pytest
 from django.db import connection
@@ -113,12 +114,32 @@ def test_list_query_count_does_not_grow_with_rows(root_client):
     sql = " ".join(q["sql"] for q in ctx.captured_queries)
     # No unbounded COUNT(*) of the table, and the page query does not read the whole SQL text.
     assert 'SELECT COUNT(*) AS "__count" FROM "pgbackground_job"' not in sql
-    assert "LIMIT 10001" in sql
+    assert "LIMIT 51" in sql  # one page and a row: the list of 31 fits on a page
+    for _ in range(60):
+        make_job(root_client.user)
+    with CaptureQueriesContext(connection) as ctx:
+        root_client.get(JOBS)
+    assert "LIMIT 10001" in " ".join(q["sql"] for q in ctx.captured_queries)
+
+
+@pytest.mark.parametrize(("term", "found"), [("no such text", 0), ("needle", 2)])
+def test_search_matching_one_page_filters_the_table_once(root_client, term, found):
+    for _ in range(60):
+        make_job(root_client.user)
+    needles = [make_job(root_client.user, sql=f"SELECT 'needle {i}'") for i in range(found)]
+    with CaptureQueriesContext(connection) as ctx:
+        r = root_client.get(JOBS, {"q": term})
+    assert r.status_code == 200
+    assert [j.pk for j in r.context["cl"].result_list] == [j.pk for j in reversed(needles)]
+    assert r.context["cl"].result_count == found
+    scans = [q["sql"] for q in ctx.captured_queries
+             if "LIKE" in q["sql"] and '"pgbackground_job"."id" IN (' not in q["sql"]]
+    assert len(scans) == 1, scans
 
 
 def test_estimated_count_paginator(root_client, monkeypatch):
     monkeypatch.setattr(paging, "EXACT_COUNT_LIMIT", 5)
-    for _ in range(12):
+    for _ in range(60):  # more than a page: a list that fits on one is counted as it is read
         make_job(root_client.user)
     with connection.cursor() as cur:
         cur.execute("ANALYZE pgbackground_job")
@@ -365,3 +386,24 @@ def test_stats_dashboard(root_client):
     c.force_login(bob)
     r = c.get(STATS)
     assert r.context["totals"].workers_launched == 2 and r.context["per_owner"] == []
+
+
+def test_filter_choices_come_from_the_most_recent_jobs(root_client, monkeypatch):
+    from pgbackground.admin import filters
+
+    monkeypatch.setattr(filters, "RECENT_JOBS", 3)
+    old_owner, new_owner = make_user("old-owner", "view_job"), make_user("new-owner", "view_job")
+    make_job(old_owner, label="old-label")
+    for _ in range(3):
+        make_job(new_owner, label="new-label")
+
+    def choices() -> str:  # the filter links (the rows show labels and owners too)
+        return " ".join(re.findall(r'href="(\?[^"]*)"', root_client.get(JOBS).content.decode()))
+
+    links = choices()
+    assert "?label=new-label" in links and f"?owner={new_owner.pk} " in links + " "
+    assert "?label=old-label" not in links and f"?owner={old_owner.pk} " not in links + " "
+    # Fewer jobs than the window: all of them count.
+    monkeypatch.setattr(filters, "RECENT_JOBS", 100)
+    links = choices()
+    assert "?label=old-label" in links and f"?owner={old_owner.pk} " in links + " "

@@ -59,6 +59,14 @@ class JobChangeList(ChangeList):
         qs = super().get_queryset(request, exclude_parameters)
         return qs.only(*LIST_COLUMNS).annotate(sql_preview=Left("sql", SQL_PREVIEW_CHARS + 1))
 
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        ids = getattr(self.paginator, "one_page_ids", None)
+        if ids is not None and not self.multi_page:
+            # The paginator's count found every row: read them by id, in the list's order.
+            # (An empty list runs no query at all.)
+            self.result_list = self.queryset.filter(pk__in=ids)
+
 
 class JobAdmin(admin.ModelAdmin):
     list_display = (

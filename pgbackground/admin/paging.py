@@ -30,12 +30,22 @@ class EstimatedCountPaginator(Paginator):
     """A paginator whose ``count`` is exact for small lists and estimated for large ones."""
 
     estimated = False
+    #: The ids of the whole list when it fits on one page, else None: the changelist then reads
+    #: its rows by id instead of filtering the table again (see ``JobChangeList``).
+    one_page_ids: list[Any] | None = None
 
     @cached_property
     def count(self) -> int:
         qs = self.object_list
         if not isinstance(qs, QuerySet):
             return len(qs)
+        # First one page and a row, in table order: it stops as soon as they are found, and a
+        # search that matches few or no jobs scans the table once here, not a second time for
+        # its rows (a search for text no job has: 1.17 s -> 0.6 s at 1,000,000 jobs).
+        ids = list(qs.order_by().values_list("pk", flat=True)[: self.per_page + 1])
+        if len(ids) <= self.per_page:
+            self.one_page_ids = ids
+            return len(ids)
         capped = qs.order_by().values("pk")[: EXACT_COUNT_LIMIT + 1].count()
         if capped <= EXACT_COUNT_LIMIT:
             return capped
