@@ -741,8 +741,8 @@ FROM generate_series(1, %(n)s) g,
     LATERAL (SELECT now() - interval '90 days' * (1 - g::float8 / %(n)s) AS at) t
 """
 
-# (key, what the table says, query string). The first is the issue's metric: the list as an
-# operator opens it; the others are what they click next.
+# (key, what the table says, query string or a page below the list's URL). The first is the
+# issue's metric: the list as an operator opens it; the others are what they click next.
 ADMIN_PAGES = [
     ("list", "admin job list", ""),
     ("failed", "admin job list, state filter 'Failed or canceled'", "state=failed"),
@@ -753,6 +753,7 @@ ADMIN_PAGES = [
     ("page", "admin job list, page 100 (of a smaller table: its last)", "p={page}"),
     ("text", "admin job list, free-text search of the SQL", "q=region+%3D+3"),
     ("nomatch", "admin job list, free-text search matching no job", "q=no+such+text"),
+    ("stats", "admin statistics page: stats() and the last 24 hours", "stats/"),
 ]
 
 
@@ -803,7 +804,8 @@ def measure_admin_list(ctx: Context) -> list[Metric]:
         found = {}
         for key, _label, query in ADMIN_PAGES:
             query = query.format(y=today.tm_year, m=today.tm_mon, d=today.tm_mday, page=page)
-            found[key] = _admin_page(client, f"{base_url}?{query}", repeats)
+            url = base_url + query if query.endswith("/") else f"{base_url}?{query}"
+            found[key] = _admin_page(client, url, repeats)
         return found
 
     (before,) = ctx.direct.execute("SELECT count(*) FROM pgbackground_job").fetchone()  # type: ignore[misc]
@@ -820,7 +822,7 @@ def measure_admin_list(ctx: Context) -> list[Metric]:
         ctx.direct.execute("VACUUM pgbackground_job")
     metrics = []
     for key, label, _query in ADMIN_PAGES:
-        (mine, queries), (base, _q) = large[key], small[key]
+        (mine, queries), (base, base_queries) = large[key], small[key]
         metrics.append(Metric(
             f"admin_{key}_median_ms", f"{label}, {n:,} jobs, median", "ms",
             statistics.median(mine), statistics.median(base),
@@ -828,7 +830,7 @@ def measure_admin_list(ctx: Context) -> list[Metric]:
                           f" ({before:,} jobs)",
             details={"large": _summary(mine), "small": _summary(base),
                      "queries": len(queries), "query_ms": sum(q["ms"] for q in queries),
-                     "sql": queries}))
+                     "sql": queries, "sql_small": base_queries}))
     return metrics
 
 
