@@ -90,7 +90,7 @@ def list_jobs(owner: Any = None) -> Any:
 def _owned_ids(owner: Any, *, active_only: bool) -> list[int]:
     qs = list_jobs(owner)
     qs = (
-        qs.filter(state__in=["queued", "running"])
+        qs.active()
         if active_only
         else qs.filter(detached=False, consumed=False, fire_and_forget=False)
     )

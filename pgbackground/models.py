@@ -28,7 +28,8 @@ ACTIVE_STATES = frozenset({JobState.QUEUED, JobState.RUNNING})
 
 class JobQuerySet(models.QuerySet["Job"]):
     def active(self) -> JobQuerySet:
-        return self.filter(state__in=ACTIVE_STATES)
+        # Two equalities, not ``state IN``: see snapshots.ACTIVE_CONDITION.
+        return self.filter(models.Q(state=JobState.QUEUED) | models.Q(state=JobState.RUNNING))
 
     def finished(self) -> JobQuerySet:
         return self.filter(state__in=TERMINAL_STATES)

@@ -108,6 +108,39 @@ def test_the_claim_never_scans_the_whole_table_to_tell_whether_more_are_queued(n
     assert "pgb_job_queued_idx" in scans, (name, scans)
 
 
+def custom_plan(sql: str, params: dict[str, object]) -> str:
+    """EXPLAIN of ``sql`` planned with its parameters' values, as an unprepared statement is."""
+    with raw_connection() as conn:
+        rows = conn.execute(f"EXPLAIN {sql}", params).fetchall()
+    return "\n".join(r[0] for r in rows)
+
+
+@pytest.mark.parametrize(
+    "name", ["live feed snapshot", "admin statistics: active jobs", "active jobs (ORM)"]
+)
+def test_reads_of_active_jobs_use_the_partial_indexes(name):
+    """'Queued or running' reads must not scan every finished job (a busy table is mostly
+    those): the conditions have to match the partial indexes' predicates."""
+    import datetime
+
+    from pgbackground.admin.views import _ACTIVE_SQL
+    from pgbackground.models import Job
+    from pgbackground.snapshots import FEED_SQL
+
+    since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
+    if name == "active jobs (ORM)":  # the admin's state filter, detach_all/cancel_all
+        plan = Job.objects.active().values("id").explain()
+    else:
+        sql, params = {
+            "live feed snapshot": (FEED_SQL, {"since": since, "owner": None}),
+            "admin statistics: active jobs": (_ACTIVE_SQL, {"owner": None}),
+        }[name]
+        plan = custom_plan(sql, params)
+    scans = job_table_scans(plan)
+    assert scans and "Seq Scan" not in scans, (name, scans)
+    assert {"pgb_job_queued_idx", "pgb_job_running_idx"} <= set(scans), (name, scans)
+
+
 @pytest.mark.parametrize(
     ("column", "value", "domain"),
     [("state", "bogus", "pgbackground_job_state"), ("cookie", 0, "pgbackground_cookie")],

@@ -48,7 +48,7 @@ class StateFilter(admin.SimpleListFilter):
     def queryset(self, request: Any, queryset: QuerySet[Any]) -> QuerySet[Any] | None:
         value = self.value()
         if value == "active":
-            return queryset.filter(state__in=["queued", "running"])
+            return queryset.active()  # type: ignore[attr-defined]  # a JobQuerySet
         if value == "finished":
             return queryset.filter(state__in=["stopped", "canceled", "error"])
         if value == "failed":

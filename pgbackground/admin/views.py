@@ -21,6 +21,7 @@ from django.utils.translation import gettext as _
 from .. import sqlstates
 from ..conf import app_settings
 from ..db import models_alias
+from ..snapshots import ACTIVE_CONDITION
 from . import permissions, render, resultview, services
 
 SQL_DISPLAY_CHARS = 200_000
@@ -410,12 +411,12 @@ ORDER BY GROUPING(owner_id) DESC, count(*) DESC
 LIMIT 51
 """
 
-_ACTIVE_SQL = """
+_ACTIVE_SQL = f"""
 SELECT owner_id, count(*) FILTER (WHERE state = 'queued'),
        count(*) FILTER (WHERE state = 'running'),
        min(created_at) FILTER (WHERE state = 'queued')
 FROM pgbackground_job
-WHERE state IN ('queued', 'running') AND (%(owner)s::bigint IS NULL OR owner_id = %(owner)s)
+WHERE {ACTIVE_CONDITION} AND (%(owner)s::bigint IS NULL OR owner_id = %(owner)s)
 GROUP BY owner_id
 """
 
