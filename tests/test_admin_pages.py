@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from pgbackground import sqlstates
 from pgbackground.admin import paging
+from pgbackground.admin.jobs import JobAdmin
 from pgbackground.models import Job
 from tests.admin_support import JOBS, STATS, WORKERS, job_url, make_job, make_user, make_worker
 
@@ -407,3 +408,20 @@ def test_filter_choices_come_from_the_most_recent_jobs(root_client, monkeypatch)
     monkeypatch.setattr(filters, "RECENT_JOBS", 100)
     links = choices()
     assert "?label=old-label" in links and f"?owner={old_owner.pk} " in links + " "
+
+
+def test_a_sorted_page_sorts_ids_then_reads_its_rows(root_client):
+    """Page 2 of the list sorted by label, descending: the right jobs in the right order, and
+    the sort runs over ids (the SQL preview is computed for the page's rows only)."""
+    jobs = [make_job(root_client.user, label=f"l{i % 7}", sql=f"SELECT {i}") for i in range(60)]
+    expected = sorted(jobs, key=lambda j: (j.label, j.pk), reverse=True)[50:]
+    label_column = list(JobAdmin.list_display).index("label_column") + 1  # after the checkbox
+    with CaptureQueriesContext(connection) as ctx:
+        r = root_client.get(JOBS, {"o": f"-{label_column}", "p": "2"})
+    assert r.status_code == 200
+    assert [j.pk for j in r.context["cl"].result_list] == [j.pk for j in expected]
+    assert [j.sql_preview for j in r.context["cl"].result_list] == [j.sql for j in expected]
+    sorted_queries = [q["sql"] for q in ctx.captured_queries
+                      if 'ORDER BY "pgbackground_job"."label" DESC' in q["sql"]]
+    cut = [q for q in sorted_queries if "OFFSET 50" in q]
+    assert len(cut) == 1 and "LEFT(" not in cut[0].upper(), sorted_queries
