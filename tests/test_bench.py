@@ -34,7 +34,7 @@ METRICS = {
     "throughput_2threads_nocache_jobs_per_s",
     *(f"admin_{page}_median_ms"
       for page in ("list", "failed", "label", "sqlstate", "day", "page", "text", "nomatch",
-                   "stats")),
+                   "sorted", "stats")),
 }
 
 
