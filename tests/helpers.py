@@ -73,3 +73,14 @@ class EventListener:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def wait_for_state(handle: Any, state: str, timeout: float = 30.0) -> None:
+    """Block until the job is in ``state``, on its events (LISTEN comes before the first look
+    at the row, so a change between the two is not missed)."""
+    events = EventListener()
+    try:
+        if handle.state != state:
+            events.wait_for(handle.id, lambda e: e["state"] == state, timeout)
+    finally:
+        events.close()

@@ -26,7 +26,7 @@ from websockets.sync.client import ClientConnection, connect
 import pgbackground as pgb
 from pgbackground.db import connection_params
 from tests.asgiproc import DaphneProcess
-from tests.helpers import wait_until
+from tests.helpers import wait_for_state
 
 pytestmark = [pytest.mark.pool, pytest.mark.django_db(transaction=True)]
 
@@ -91,8 +91,8 @@ def job_path(h: pgb.Handle) -> str:
 
 
 def wait_state(h: pgb.Handle, state: str, timeout: float = 30.0) -> None:
-    """Wait for a job state on the database (LISTEN-free but event-driven enough for a test)."""
-    wait_until(lambda: h.state == state, timeout=timeout)
+    """Wait for a job state, on the job's events."""
+    wait_for_state(h, state, timeout)
 
 
 # --- websocket clients ----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import pgbackground as pgb
 from pgbackground.db import connection_params
 from tests.admin_support import make_user
 from tests.asgiproc import DaphneProcess
-from tests.helpers import wait_until
+from tests.helpers import wait_for_state
 
 pytestmark = [pytest.mark.browser, pytest.mark.pool, pytest.mark.django_db(transaction=True)]
 
@@ -119,8 +119,8 @@ def indicator(page: Page) -> Any:
 
 
 def wait_running(h: pgb.Handle) -> None:
-    """The job started: synchronised on its state in the database (wait() has no 'running')."""
-    wait_until(lambda: h.state == "running", timeout=30)
+    """The job started, on its events (wait() has no 'running')."""
+    wait_for_state(h, "running")
 
 
 # --- over the websocket ---------------------------------------------------------------------
