@@ -77,7 +77,11 @@ class EventListener:
 
 def wait_for_state(handle: Any, state: str, timeout: float = 30.0) -> None:
     """Block until the job is in ``state``, on its events (LISTEN comes before the first look
-    at the row, so a change between the two is not missed)."""
+    at the row, so a change between the two is not missed).
+
+    Only for states that publish an event: 'running' is published once the job's SQL has run
+    for ``executor.RUNNING_EVENT_DELAY`` (the claim publishes none), so wait for it only on a
+    job whose SQL runs that long."""
     events = EventListener()
     try:
         if handle.state != state:
