@@ -48,7 +48,7 @@ ORDER BY id DESC LIMIT {MAX_SNAPSHOT_JOBS}
 FEED_SQL = f"""
 SELECT {_COLUMNS} FROM pgbackground_job
 WHERE ({ACTIVE_CONDITION}
-       OR (state IN {TERMINAL_STATES} AND finished_at >= %(since)s))
+       OR (state IN ('stopped', 'canceled', 'error') AND finished_at >= %(since)s))
   AND (%(owner)s::bigint IS NULL OR owner_id = %(owner)s)
 ORDER BY id DESC LIMIT {MAX_SNAPSHOT_JOBS}
 """
