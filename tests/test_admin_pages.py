@@ -425,3 +425,60 @@ def test_a_sorted_page_sorts_ids_then_reads_its_rows(root_client):
                       if 'ORDER BY "pgbackground_job"."label" DESC' in q["sql"]]
     cut = [q for q in sorted_queries if "OFFSET 50" in q]
     assert len(cut) == 1 and "LEFT(" not in cut[0].upper(), sorted_queries
+
+
+def test_the_date_drill_down_of_a_one_page_list_reads_that_page(root_client):
+    """A search that fits on one page offers the dates of the jobs it found, read from their
+    rows: the search runs over the table once."""
+    old = make_job(root_client.user, sql="SELECT 'needle'")
+    Job.objects.filter(pk=old.pk).update(
+        created_at=datetime.datetime(2024, 3, 5, 12, tzinfo=datetime.UTC)
+    )
+    make_job(root_client.user)  # this year's, not found
+    with CaptureQueriesContext(connection) as ctx:
+        r = root_client.get(JOBS, {"q": "needle"})
+    assert [c["title"] for c in _hierarchy(r)["choices"]] == ["March 5"]
+    scans = [q["sql"] for q in ctx.captured_queries
+             if "LIKE" in q["sql"] and '"pgbackground_job"."id" IN (' not in q["sql"]]
+    assert len(scans) == 1, scans
+    # Nothing found: no dates, and no query for them.
+    r = root_client.get(JOBS, {"q": "no such text"})
+    assert _hierarchy(r)["choices"] == []
+
+
+def _busy_history(jobs: int) -> datetime.datetime:
+    """``jobs`` old jobs of 2024 and 60 finished in the last minute; the cut between them."""
+    with connection.cursor() as cur:
+        cur.execute(
+            "INSERT INTO pgbackground_job (cookie, sql, role, gucs, max_result_bytes, notices,"
+            " state, created_at, started_at, finished_at)"
+            " SELECT g, 'SELECT 1', 'r', '{}', 0, '[]', 'stopped', t, t, t"
+            " FROM generate_series(1, %s) g,"
+            " LATERAL (SELECT CASE WHEN g > %s THEN now() - interval '1 second' * (%s - g)"
+            "   ELSE timestamptz '2024-03-05 12:00+00' + interval '1 second' * g END AS t) x",
+            [jobs + 60, jobs, jobs + 60],
+        )
+        cur.execute("ANALYZE pgbackground_job")
+    return timezone.now() - datetime.timedelta(minutes=2)
+
+
+def test_the_date_drill_down_of_a_filtered_list_is_bounded(root_client, monkeypatch):
+    """Over a filter that makes each date probe walk the table, the drill-down gives up after
+    DATE_PROBE_BUDGET_MS and offers the dates of all jobs; the page is served either way and
+    the request's own statement_timeout is what it was."""
+    cut = _busy_history(100_000)
+    params = {"finished_at__gte": cut.isoformat()}
+    # Within the budget: the dates of the filtered list (this month's days only).
+    monkeypatch.setattr(paging, "DATE_PROBE_BUDGET_MS", 60_000)
+    r = root_client.get(JOBS, params)
+    assert r.status_code == 200 and r.context["cl"].multi_page
+    assert "2024" not in [c["title"] for c in _hierarchy(r)["choices"]]
+    # A budget no probe can meet: the dates of every job, 2024 included.
+    monkeypatch.setattr(paging, "DATE_PROBE_BUDGET_MS", 1)
+    r = root_client.get(JOBS, params)
+    assert r.status_code == 200
+    assert "2024" in [c["title"] for c in _hierarchy(r)["choices"]]
+    assert len(r.context["cl"].result_list) == 50
+    with connection.cursor() as cur:  # the test's transaction: what ATOMIC_REQUESTS would see
+        cur.execute("SHOW statement_timeout")
+        assert cur.fetchone() == ("0",)

@@ -13,10 +13,11 @@ from __future__ import annotations
 import calendar
 import datetime
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from django.core.paginator import Paginator
-from django.db import connections
+from django.db import OperationalError, connections, transaction
 from django.db.models import Max, Min, QuerySet
 from django.utils import formats, timezone
 from django.utils.functional import cached_property
@@ -24,6 +25,7 @@ from django.utils.text import capfirst
 from django.utils.translation import gettext as _
 
 EXACT_COUNT_LIMIT = 10_000
+T = TypeVar("T")
 
 
 class EstimatedCountPaginator(Paginator):
@@ -85,7 +87,7 @@ def _bucket_hits(
     qs: QuerySet[Any], field: str, bounds: list[tuple[datetime.datetime, datetime.datetime]]
 ) -> list[int]:
     """Indexes of the [lo, hi) ranges that hold at least one row of ``qs``."""
-    if not bounds:
+    if not bounds or qs.query.is_empty():
         return []
     inner = qs.order_by().values(field)
     sql, params = inner.query.sql_with_params()
@@ -107,10 +109,54 @@ def _day(d: datetime.date) -> datetime.datetime:
     return _aware(d.year, d.month, d.day)
 
 
+#: Longest a statement of the drill-down may take over a filtered list before the drill-down
+#: falls back to the dates of all visible jobs. A filter on another column that correlates
+#: with the date (``finished_at`` this month, say) makes each probe walk most of the table: at
+#: 1,000,000 jobs 0.2 s for the range and 0.2 s for the months.
+DATE_PROBE_BUDGET_MS = 100
+
+
 def date_hierarchy(cl: Any) -> dict[str, Any] | None:
     """The context of Django's ``date_hierarchy`` tag, computed with index probes."""
     if not cl.date_hierarchy:
         return None
+    ids = getattr(cl.paginator, "one_page_ids", None)
+    if ids is not None:
+        # The whole list is on this page and its ids are known: its dates are read from those
+        # rows, not by running the filter over the table again.
+        return _drill_down(cl, cl.queryset.filter(pk__in=ids) if ids else cl.queryset.none())
+    if cl.query:
+        # A text search is a sequential scan: probing dates through it would scan again for
+        # each bucket, so the drill-down then offers the dates of all visible jobs instead.
+        return _drill_down(cl, cl.root_queryset)
+    if not cl.queryset.query.where:
+        return _drill_down(cl, cl.queryset)
+    try:
+        return _within_budget(cl.queryset.db, lambda: _drill_down(cl, cl.queryset))
+    except OperationalError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) != "57014":  # query_canceled
+            raise
+        return _drill_down(cl, cl.root_queryset)
+
+
+def _within_budget(alias: str, compute: Callable[[], T]) -> T:
+    """``compute()`` with each statement limited to :data:`DATE_PROBE_BUDGET_MS` (57014 when
+    one takes longer), in a transaction or savepoint of its own; the caller's own limit is put
+    back afterwards (``SET LOCAL`` would otherwise outlive a savepoint into ATOMIC_REQUESTS)."""
+    with transaction.atomic(using=alias):
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SELECT current_setting('statement_timeout')")
+            (previous,) = cursor.fetchone()
+            cursor.execute("SELECT set_config('statement_timeout', %s, true)",
+                           [f"{DATE_PROBE_BUDGET_MS}ms"])
+        result = compute()
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SELECT set_config('statement_timeout', %s, true)", [previous])
+        return result
+
+
+def _drill_down(cl: Any, qs: QuerySet[Any]) -> dict[str, Any] | None:
+    """The drill-down's context for the jobs of ``qs``."""
     field_name = cl.date_hierarchy
     year_field, month_field, day_field = (f"{field_name}__{p}" for p in ("year", "month", "day"))
     year_lookup = cl.params.get(year_field)
@@ -120,9 +166,6 @@ def date_hierarchy(cl: Any) -> dict[str, Any] | None:
     def link(filters: dict[str, Any]) -> str:
         return str(cl.get_query_string(filters, [f"{field_name}__"]))
 
-    # A text search is a sequential scan: probing dates through it would scan again for each
-    # bucket, so the drill-down then offers the dates of all visible jobs instead.
-    qs = cl.root_queryset if cl.query else cl.queryset
     try:
         year_i = int(year_lookup) if year_lookup else None
         month_i = int(month_lookup) if month_lookup else None
