@@ -751,6 +751,8 @@ ADMIN_PAGES = [
     ("day", "admin job list, one day of the date hierarchy", "created_at__year={y}"
      "&created_at__month={m}&created_at__day={d}"),
     ("page", "admin job list, page 100 (of a smaller table: its last)", "p={page}"),
+    ("finished", "admin job list, finished this month (date filter)",
+     "finished_at__gte={y}-{m:02d}-01T00:00:00%2B00:00"),
     ("text", "admin job list, free-text search of the SQL", "q=region+%3D+3"),
     ("nomatch", "admin job list, free-text search matching no job", "q=no+such+text"),
     ("sorted", "admin job list sorted by owner (a join, no index)", "o=-{owner_column}"),

@@ -33,7 +33,7 @@ METRICS = {
     "roundtrip_nocache_median_ms",
     "throughput_2threads_nocache_jobs_per_s",
     *(f"admin_{page}_median_ms"
-      for page in ("list", "failed", "label", "sqlstate", "day", "page", "text", "nomatch",
+      for page in ("list", "failed", "label", "sqlstate", "day", "page", "finished", "text", "nomatch",
                    "sorted", "stats")),
 }
 
