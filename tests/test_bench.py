@@ -33,8 +33,8 @@ METRICS = {
     "roundtrip_nocache_median_ms",
     "throughput_2threads_nocache_jobs_per_s",
     *(f"admin_{page}_median_ms"
-      for page in ("list", "failed", "label", "sqlstate", "day", "page", "finished", "text", "nomatch",
-                   "sorted", "stats")),
+      for page in ("list", "failed", "label", "sqlstate", "day", "page", "finished", "text",
+                   "nomatch", "sorted", "stats")),
 }
 
 
