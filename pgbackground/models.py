@@ -23,7 +23,6 @@ class JobState(models.TextChoices):
 
 
 TERMINAL_STATES = frozenset({JobState.STOPPED, JobState.CANCELED, JobState.ERROR})
-ACTIVE_STATES = frozenset({JobState.QUEUED, JobState.RUNNING})
 
 
 class JobQuerySet(models.QuerySet["Job"]):
