@@ -23,10 +23,12 @@ def _recent(model_admin: Any, request: Any) -> QuerySet[Any]:
 
     The lowest id is looked up first, so that the planner sees a plain range of the primary key
     (about 1 ms at 1,000,000 jobs). ``id IN (the last 5,000)`` was joined to every job with an
-    owner instead (34 ms)."""
+    owner instead (34 ms). The owner and the label filter both ask, once per request."""
     visible = model_admin.get_queryset(request)
-    lowest = visible.order_by("-id").values_list("id", flat=True)[RECENT_JOBS - 1 : RECENT_JOBS]
-    first = next(iter(lowest), None)
+    if not hasattr(request, "_pgb_recent_first_id"):
+        lowest = visible.order_by("-id").values_list("id", flat=True)
+        request._pgb_recent_first_id = next(iter(lowest[RECENT_JOBS - 1 : RECENT_JOBS]), None)
+    first = request._pgb_recent_first_id
     return visible if first is None else visible.filter(id__gte=first)
 
 
